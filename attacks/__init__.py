@@ -1,0 +1,5 @@
+"""Attack harnesses that measure leakage (gradient inversion, membership inference, audits)."""
+
+from __future__ import annotations
+
+__all__: list[str] = []
