@@ -1,0 +1,110 @@
+"""Write a run's results: ``results.json`` (every figure + what is needed to rerun), a plot, ``report.md``."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+from fl.simulation import RunOutput, config_hash
+
+
+def versions() -> dict[str, str]:
+    import numpy
+    import torch
+
+    from fl import __version__
+
+    return {
+        "fedshield": __version__,
+        "python": sys.version.split()[0],
+        "numpy": numpy.__version__,
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def results_dict(out: RunOutput) -> dict[str, Any]:
+    return {
+        "config": out.config.to_dict(),
+        "config_hash": config_hash(out.config),
+        "seed": out.config.run.seed,
+        "versions": versions(),
+        "completed": out.completed,
+        "rounds": [r.to_dict() for r in out.history],
+        "final": out.final_metrics,
+        "centralized": out.centralized,
+        "timing": out.timing,
+    }
+
+
+def _metric_key(out: RunOutput) -> str:
+    return "test_accuracy" if "test_accuracy" in out.final_metrics else "test_r2"
+
+
+def plot(out: RunOutput, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key = _metric_key(out)
+    xs = [r.round_index + 1 for r in out.history if key in r.metrics]
+    ys = [r.metrics[key] for r in out.history if key in r.metrics]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    ax.plot(xs, ys, marker="o", markersize=3, label=f"federated ({out.config.server.strategy})")
+    low_key = key.replace("test_", "client_") + "_min"
+    lows = [r.metrics[low_key] for r in out.history if key in r.metrics and low_key in r.metrics]
+    if lows and len(lows) == len(xs):
+        ax.plot(xs, lows, linestyle=":", color="C0", alpha=0.6, label="worst client")
+    if out.centralized and key in out.centralized:
+        ax.axhline(out.centralized[key], color="C3", linestyle="--", label="centralized")
+    ax.set_xlabel("round")
+    ax.set_ylabel(key.replace("_", " "))
+    ax.set_title(f"{out.config.data.name}: {out.config.data.num_clients} clients, {out.config.data.partition}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def markdown(out: RunOutput) -> str:
+    key = _metric_key(out)
+    cfg = out.config
+    lines = [
+        f"# fedshield run: {cfg.data.name}",
+        "",
+        f"{cfg.data.num_clients} clients ({cfg.data.partition}, alpha={cfg.data.alpha}), model {cfg.model.name}, "
+        f"strategy {cfg.server.strategy}, aggregation {cfg.run.aggregation}, {len(out.history)}/{cfg.run.rounds} rounds, "
+        f"seed {cfg.run.seed}.",
+        "",
+        "| | " + key.replace("_", " ") + " | test loss |",
+        "|---|---|---|",
+        f"| federated | {out.final_metrics.get(key, float('nan')):.4f} | {out.final_metrics.get('test_loss', float('nan')):.4f} |",
+    ]
+    if out.centralized:
+        lines.append(
+            f"| centralized | {out.centralized.get(key, float('nan')):.4f} | {out.centralized.get('test_loss', float('nan')):.4f} |"
+        )
+    client_key = key.replace("test_", "client_")
+    if f"{client_key}_min" in out.final_metrics:
+        lines += [
+            "",
+            f"Per-client {key.replace('test_', '')}: mean {out.final_metrics[client_key + '_mean']:.4f}, "
+            f"10th percentile {out.final_metrics[client_key + '_p10']:.4f}, worst {out.final_metrics[client_key + '_min']:.4f}.",
+        ]
+    lines += ["", f"Wall time {out.timing.get('wall_time_s', 0):.2f} s.", "", "![accuracy vs round](accuracy.png)", ""]
+    return "\n".join(lines)
+
+
+def write_report(out: RunOutput, out_dir: str | Path) -> Path:
+    d = Path(out_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "results.json").write_text(json.dumps(results_dict(out), indent=2, sort_keys=True), encoding="utf-8")
+    plot(out, d / "accuracy.png")
+    (d / "report.md").write_text(markdown(out), encoding="utf-8")
+    (d / "config.toml").write_text(out.config.to_toml(), encoding="utf-8")
+    return d

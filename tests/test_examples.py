@@ -1,0 +1,23 @@
+"""Every script in examples/ runs (with fast settings) as part of the test suite."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def _load(name: str):  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compare_strategies(capsys) -> None:  # type: ignore[no-untyped-def]
+    results = _load("compare_strategies").main(["--rounds", "5"])
+    assert set(results) == {"fedavg", "fedprox (mu=0.1)", "fedadam (lr=0.05)", "centralized"}
+    assert all(0.5 < acc <= 1.0 for acc in results.values())
+    assert "centralized" in capsys.readouterr().out
