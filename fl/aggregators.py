@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from scipy.linalg.blas import saxpy
 
-from fl.errors import UpdateError
+from fl.errors import ConfigError, UpdateError
 from fl.types import Aggregate, ClientUpdate
+
+if TYPE_CHECKING:
+    from fl.secure import SecAggSettings
 
 Weighting = Literal["examples", "uniform"]
 
@@ -23,8 +26,14 @@ class Aggregator(ABC):
     """Turns one round's updates into the aggregate update applied by the server optimiser."""
 
     @abstractmethod
-    def aggregate(self, updates: Sequence[ClientUpdate], *, dim: int, round_index: int) -> Aggregate:
-        """Aggregate ``updates`` (all of length ``dim``). ``updates`` may be empty (everyone dropped)."""
+    def aggregate(
+        self, updates: Sequence[ClientUpdate], *, dim: int, round_index: int, late_dropouts: Sequence[int] = ()
+    ) -> Aggregate:
+        """Aggregate ``updates`` (all of length ``dim``). ``updates`` may be empty (everyone dropped).
+
+        ``late_dropouts`` are clients that were in the round but vanished before delivering their update;
+        a plain mean ignores them, a secure-aggregation protocol has to recover from them.
+        """
 
 
 def check_updates(updates: Sequence[ClientUpdate], dim: int) -> None:
@@ -59,7 +68,9 @@ class WeightedMean(Aggregator):
             raise UpdateError(f"weighting must be 'examples' or 'uniform', got {weighting!r}")
         self.weighting: Weighting = weighting
 
-    def aggregate(self, updates: Sequence[ClientUpdate], *, dim: int, round_index: int) -> Aggregate:
+    def aggregate(
+        self, updates: Sequence[ClientUpdate], *, dim: int, round_index: int, late_dropouts: Sequence[int] = ()
+    ) -> Aggregate:
         check_updates(updates, dim)
         weights = client_weights(updates, self.weighting)
         total = float(weights.sum())
@@ -90,19 +101,28 @@ class UpdateTransform(Aggregator):
     def transform(self, update: ClientUpdate, *, round_index: int) -> ClientUpdate:
         """Return the update as it leaves the client after this stage."""
 
-    def aggregate(self, updates: Sequence[ClientUpdate], *, dim: int, round_index: int) -> Aggregate:
+    def aggregate(
+        self, updates: Sequence[ClientUpdate], *, dim: int, round_index: int, late_dropouts: Sequence[int] = ()
+    ) -> Aggregate:
         return self.inner.aggregate(
-            [self.transform(u, round_index=round_index) for u in updates], dim=dim, round_index=round_index
+            [self.transform(u, round_index=round_index) for u in updates],
+            dim=dim,
+            round_index=round_index,
+            late_dropouts=late_dropouts,
         )
 
 
-AGGREGATIONS: tuple[str, ...] = ("plain",)
+AGGREGATIONS: tuple[str, ...] = ("plain", "secagg", "secagg+")
 
 
-def build_aggregator(name: str, *, weighting: Weighting = "examples") -> Aggregator:
+def build_aggregator(
+    name: str, *, weighting: Weighting = "examples", secagg: SecAggSettings | None = None, seed: int = 0
+) -> Aggregator:
     """The aggregator that ``run.aggregation`` names in a config."""
-    from fl.errors import ConfigError
-
     if name == "plain":
         return WeightedMean(weighting)
+    if name in ("secagg", "secagg+"):
+        from fl.secure import SecAggAggregator
+
+        return SecAggAggregator(name, secagg, weighting=weighting, seed=seed)  # type: ignore[arg-type]
     raise ConfigError("run.aggregation", f"unknown aggregation {name!r}; allowed: {', '.join(AGGREGATIONS)}")

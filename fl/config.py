@@ -88,11 +88,25 @@ class DropoutConfig:
 class RunConfig:
     rounds: int = _opt(30, lo=1)
     seed: int = _opt(0, lo=0)
-    aggregation: str = _opt("plain", choices=("plain",))
+    aggregation: str = _opt("plain", choices=("plain", "secagg", "secagg+"))
     eval_every: int = _opt(1, lo=1)
     checkpoint_every: int = _opt(1, lo=1)
     centralized_baseline: bool = _opt(True)
     centralized_epochs: int = _opt(60, lo=1)
+
+
+@dataclass(frozen=True)
+class SecAggConfig:
+    """Secure aggregation parameters (used when run.aggregation is "secagg" or "secagg+")."""
+
+    clip_range: float = _opt(1.0, lo=0, lo_open=True)  # per-coordinate encoding range of an update
+    scale_bits: int = _opt(20, lo=0, hi=40)  # fixed-point resolution 2^-scale_bits
+    headroom_bits: int = _opt(2, lo=0, hi=16)  # extra modulus bits that catch masks left in a sum
+    threshold_fraction: float = _opt(2 / 3, lo=0.5, hi=1, lo_open=True)  # SecAgg: t = ceil(fraction * n)
+    target_dropout: float = _opt(0.1, lo=0, hi=0.5, hi_open=True)  # SecAgg+: dropout rate k and t must survive
+    corrupt_fraction: float = _opt(0.05, lo=0, hi=0.5, hi_open=True)  # SecAgg+: colluding clients tolerated
+    active: bool = _opt(False)  # signed keys + consistency round (active-adversary variant)
+    max_weight: float = _opt(0.0, lo=0)  # public bound on n_k; 0 = the largest client training set
 
 
 _SECTIONS: dict[str, type] = {
@@ -103,6 +117,7 @@ _SECTIONS: dict[str, type] = {
     "sampling": SamplingConfig,
     "dropout": DropoutConfig,
     "run": RunConfig,
+    "secagg": SecAggConfig,
 }
 
 
@@ -115,6 +130,7 @@ class ExperimentConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     dropout: DropoutConfig = field(default_factory=DropoutConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    secagg: SecAggConfig = field(default_factory=SecAggConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         out = {}

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -28,6 +28,9 @@ from fl.models import build_model
 from fl.sampling import Dropout, Sampler, plan_round
 from fl.strategies import ServerOptimizer, Strategy, build_strategy
 from fl.types import ClientUpdate, RoundPlan, RoundResult
+
+if TYPE_CHECKING:
+    from fl.secure import SecAggSettings
 
 CHECKPOINT = "checkpoint.npz"
 
@@ -107,13 +110,29 @@ class Simulation:
             weight_decay=c.weight_decay, mu=self.strategy.prox_mu,
         )
         self.aggregator = aggregator if aggregator is not None else build_aggregator(
-            config.run.aggregation, weighting=s.weighting  # type: ignore[arg-type]
+            config.run.aggregation,
+            weighting=s.weighting,  # type: ignore[arg-type]
+            secagg=self._secagg_settings(),
+            seed=config.run.seed,
         )
         num_clients = len(self.data.clients)
         per_round = config.sampling.clients_per_round or num_clients
         self.sampler = Sampler(config.sampling.method, per_round, config.sampling.rate)  # type: ignore[arg-type]
         self.dropout = Dropout(config.dropout.rate, config.dropout.phase)  # type: ignore[arg-type]
         self.num_clients = num_clients
+
+    def _secagg_settings(self) -> SecAggSettings:
+        from fl.secure import SecAggSettings
+
+        sc = self.config.secagg
+        # Public bound on n_k: by default the largest client's training-set size (a simulation convenience;
+        # a deployment fixes it in advance like any protocol parameter).
+        max_weight = sc.max_weight or float(max(c.num_train for c in self.data.clients))
+        return SecAggSettings(
+            clip_range=sc.clip_range, scale_bits=sc.scale_bits, headroom_bits=sc.headroom_bits,
+            threshold_fraction=sc.threshold_fraction, target_dropout=sc.target_dropout,
+            corrupt_fraction=sc.corrupt_fraction, active=sc.active, max_weight=max_weight,
+        )
 
     # -- one round -------------------------------------------------------------------------------
     def client_update(self, client_id: int, weights: np.ndarray, round_index: int) -> ClientUpdate:
@@ -135,7 +154,9 @@ class Simulation:
         trained = [self.client_update(c, weights, round_index) for c in plan.training]
         t1 = time.perf_counter()
         arrived = [u for u in trained if u.client_id not in set(plan.dropped_after_training)]
-        aggregate = self.aggregator.aggregate(arrived, dim=self.layout.size, round_index=round_index)
+        aggregate = self.aggregator.aggregate(
+            arrived, dim=self.layout.size, round_index=round_index, late_dropouts=plan.dropped_after_training
+        )
         t2 = time.perf_counter()
         metrics: dict[str, float] = {
             "client_time_s": (t1 - t0) / max(len(trained), 1),
@@ -143,6 +164,8 @@ class Simulation:
             "upload_bytes_per_client": float(4 * self.layout.size),
         }
         metrics.update({k: float(v) for k, v in aggregate.metrics.items()})
+        if "secagg_upload_bytes_per_client" in metrics:  # what a client really sends under the protocol
+            metrics["upload_bytes_per_client"] = metrics["secagg_upload_bytes_per_client"]
         if arrived and aggregate.total_weight > 0:
             weights = optimizer.step(weights, aggregate.vector)
             n = np.array([u.num_examples for u in arrived], dtype=np.float64)

@@ -25,3 +25,19 @@ class CryptoError(SecAggError):
 
 class ReconstructionError(SecAggError):
     """A secret could not be reconstructed (too few or inconsistent shares)."""
+
+
+class ProtocolError(SecAggError):
+    """A protocol session cannot go on. After any ProtocolError the session is pinned in ``ERROR``."""
+
+
+class LocalProtocolError(ProtocolError):
+    """This side was asked to do something illegal in its current state (caller misuse)."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something illegal: wrong phase, round, address, duplicate, forged or malformed."""
+
+
+class AbortError(ProtocolError):
+    """The round cannot complete (fewer than t parties left) and was aborted; no sum is revealed."""

@@ -1,0 +1,151 @@
+"""In-memory driver: runs one SecAgg/SecAgg+ round between n sessions with a scripted dropout schedule.
+
+It is just a caller of the sans-IO sessions, like a network runner or a Flower adapter would be: it
+moves messages (through the wire codec when ``wire=True``), decides who drops when, and times each party.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal, TypeVar
+
+from secagg.errors import ParameterError, ProtocolError
+from secagg.keys import SigningKey
+from secagg.messages import (
+    ClientMessage,
+    ConsistencyRequest,
+    ForwardedShares,
+    KeyDirectory,
+    Message,
+    UnmaskRequest,
+    decode,
+    encode,
+)
+from secagg.protocol import (
+    AggregationResult,
+    ClientSession,
+    ProtocolConfig,
+    ServerPhase,
+    ServerSession,
+    Vector,
+)
+
+M = TypeVar("M", bound=Message)
+Phase = Literal["advertise", "share", "mask", "consistency", "unmask"]
+PHASES: Final[tuple[Phase, ...]] = ("advertise", "share", "mask", "consistency", "unmask")
+
+# The phase a client is in when it answers a given server message.
+_REPLY_PHASE: Final[dict[type[Any], Phase]] = {
+    KeyDirectory: "share",
+    ForwardedShares: "mask",
+    ConsistencyRequest: "consistency",
+    UnmaskRequest: "unmask",
+}
+
+
+@dataclass
+class RoundStats:
+    """What one simulated round cost: per-client CPU time and traffic, server time."""
+
+    client_seconds: dict[int, float] = field(default_factory=dict)
+    server_seconds: float = 0.0
+    upload_bytes: dict[int, int] = field(default_factory=dict)
+    download_bytes: dict[int, int] = field(default_factory=dict)
+    client_errors: dict[int, str] = field(default_factory=dict)
+
+    def mean_client_seconds(self) -> float:
+        return sum(self.client_seconds.values()) / max(len(self.client_seconds), 1)
+
+    def mean_upload_bytes(self) -> float:
+        return sum(self.upload_bytes.values()) / max(len(self.upload_bytes), 1)
+
+
+def identity_keys_for(num_clients: int) -> tuple[dict[int, SigningKey], dict[int, bytes]]:
+    """Fresh Ed25519 identities for the active variant (a PKI stand-in): private by id, public by id."""
+    private = {u: SigningKey.generate() for u in range(1, num_clients + 1)}
+    return private, {u: k.public_bytes() for u, k in private.items()}
+
+
+def run_round(
+    config: ProtocolConfig,
+    inputs: Mapping[int, Vector],
+    *,
+    drops: Mapping[int, Phase] | None = None,
+    identities: Mapping[int, SigningKey] | None = None,
+    wire: bool = True,
+) -> tuple[AggregationResult, RoundStats]:
+    """Run one round. ``inputs`` maps client id → encoded vector; ``drops`` maps client id → the phase
+    in which it vanishes (it sends nothing from that phase on). Clients missing from ``inputs`` never
+    start. Raises :class:`~secagg.errors.AbortError` if the round cannot complete.
+    """
+    drops = dict(drops or {})
+    bad = [p for p in drops.values() if p not in PHASES]
+    if bad:
+        raise ParameterError(f"unknown dropout phase {bad[0]!r}; allowed: {', '.join(PHASES)}")
+    if config.active and identities is None:
+        raise ParameterError("the active variant needs the clients' identity keys")
+    stats = RoundStats()
+    server = ServerSession(config)
+    clients: dict[int, ClientSession] = {}
+    for u in sorted(inputs):
+        t0 = time.perf_counter()
+        clients[u] = ClientSession(config, u, identity_key=identities[u] if identities else None)
+        clients[u].set_input(inputs[u])
+        stats.client_seconds[u] = time.perf_counter() - t0
+        stats.upload_bytes[u] = 0
+        stats.download_bytes[u] = 0
+    alive = set(clients)
+
+    def transmit(message: M) -> M:
+        return decode(encode(message)) if wire else message  # type: ignore[return-value]
+
+    def size(message: Message) -> int:
+        return len(encode(message)) if wire else 0
+
+    def to_server(u: int, message: ClientMessage) -> None:
+        stats.upload_bytes[u] += size(message)
+        t0 = time.perf_counter()
+        try:
+            server.receive(transmit(message))
+        except ProtocolError as exc:  # the server excluded this client; the round goes on without it
+            stats.client_errors[u] = f"server rejected: {exc}"
+            alive.discard(u)
+        finally:
+            stats.server_seconds += time.perf_counter() - t0
+
+    for u in sorted(clients):
+        if drops.get(u) == "advertise":
+            alive.discard(u)
+            continue
+        t0 = time.perf_counter()
+        advert = clients[u].start()
+        stats.client_seconds[u] += time.perf_counter() - t0
+        to_server(u, advert)
+
+    while server.phase not in (ServerPhase.DONE, ServerPhase.ERROR):
+        t0 = time.perf_counter()
+        outbox = server.close_phase()  # AbortError propagates: the round is over
+        stats.server_seconds += time.perf_counter() - t0
+        for message in outbox:
+            u = message.receiver
+            if u not in alive:
+                continue
+            if drops.get(u) == _REPLY_PHASE[type(message)]:
+                alive.discard(u)
+                continue
+            stats.download_bytes[u] += size(message)
+            t0 = time.perf_counter()
+            try:
+                replies = clients[u].receive(transmit(message))
+            except ProtocolError as exc:  # the client gives up (e.g. too few neighbours): it drops out
+                stats.client_errors[u] = f"client aborted: {exc}"
+                alive.discard(u)
+                continue
+            finally:
+                stats.client_seconds[u] += time.perf_counter() - t0
+            for reply in replies:
+                to_server(u, reply)
+    assert server.result is not None
+    return server.result, stats
