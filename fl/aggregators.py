@@ -17,6 +17,7 @@ from fl.errors import ConfigError, UpdateError
 from fl.types import Aggregate, ClientUpdate
 
 if TYPE_CHECKING:
+    from fl.he import CKKSSettings
     from fl.secure import SecAggSettings
 
 Weighting = Literal["examples", "uniform"]
@@ -112,15 +113,25 @@ class UpdateTransform(Aggregator):
         )
 
 
-AGGREGATIONS: tuple[str, ...] = ("plain", "secagg", "secagg+")
+AGGREGATIONS: tuple[str, ...] = ("plain", "secagg", "secagg+", "ckks")
 
 
 def build_aggregator(
-    name: str, *, weighting: Weighting = "examples", secagg: SecAggSettings | None = None, seed: int = 0
+    name: str,
+    *,
+    weighting: Weighting = "examples",
+    secagg: SecAggSettings | None = None,
+    ckks: CKKSSettings | None = None,
+    num_clients: int = 0,
+    seed: int = 0,
 ) -> Aggregator:
     """The aggregator that ``run.aggregation`` names in a config."""
     if name == "plain":
         return WeightedMean(weighting)
+    if name == "ckks":
+        from fl.he import CKKSAggregator
+
+        return CKKSAggregator(num_clients, ckks, weighting=weighting)
     if name in ("secagg", "secagg+"):
         from fl.secure import SecAggAggregator
 

@@ -47,6 +47,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         overrides["seed"] = args.seed
     if overrides:
         config = config.replace(run=overrides)
+    if config.run.torch_threads:
+        import torch
+
+        # simulated clients train small models one after another: extra intra-op threads only add overhead
+        torch.set_num_threads(config.run.torch_threads)
     out_dir = Path(args.out)
     if args.fresh and (out_dir / CHECKPOINT).exists():
         (out_dir / CHECKPOINT).unlink()

@@ -88,11 +88,12 @@ class DropoutConfig:
 class RunConfig:
     rounds: int = _opt(30, lo=1)
     seed: int = _opt(0, lo=0)
-    aggregation: str = _opt("plain", choices=("plain", "secagg", "secagg+"))
+    aggregation: str = _opt("plain", choices=("plain", "secagg", "secagg+", "ckks"))
     eval_every: int = _opt(1, lo=1)
     checkpoint_every: int = _opt(1, lo=1)
     centralized_baseline: bool = _opt(True)
     centralized_epochs: int = _opt(60, lo=1)
+    torch_threads: int = _opt(1, lo=0)  # intra-op threads for local training; 0 = torch's default
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,17 @@ class SecAggConfig:
     max_weight: float = _opt(0.0, lo=0)  # public bound on n_k; 0 = the largest client training set
 
 
+@dataclass(frozen=True)
+class CKKSConfig:
+    """CKKS homomorphic aggregation parameters (used when run.aggregation is "ckks")."""
+
+    preset: str = _opt("compact", choices=("compact", "add_only", "scalar_mul"))
+    max_abs: float = _opt(1.0, lo=0, lo_open=True)  # per-coordinate clip of an update (CKKS range)
+    flood: bool = _opt(True)  # noise-flood decryptions that leave the key holder (IND-CPA^D)
+    flood_security_bits: int = _opt(40, lo=20, hi=128)
+    max_weight: float = _opt(0.0, lo=0)  # public bound on n_k; 0 = the largest client training set
+
+
 _SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "model": ModelConfig,
@@ -118,6 +130,7 @@ _SECTIONS: dict[str, type] = {
     "dropout": DropoutConfig,
     "run": RunConfig,
     "secagg": SecAggConfig,
+    "ckks": CKKSConfig,
 }
 
 
@@ -131,6 +144,7 @@ class ExperimentConfig:
     dropout: DropoutConfig = field(default_factory=DropoutConfig)
     run: RunConfig = field(default_factory=RunConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
+    ckks: CKKSConfig = field(default_factory=CKKSConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         out = {}

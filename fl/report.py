@@ -96,6 +96,21 @@ def markdown(out: RunOutput) -> str:
             f"Per-client {key.replace('test_', '')}: mean {out.final_metrics[client_key + '_mean']:.4f}, "
             f"10th percentile {out.final_metrics[client_key + '_p10']:.4f}, worst {out.final_metrics[client_key + '_min']:.4f}.",
         ]
+    secure = [r.metrics for r in out.history if "secagg_aborted" in r.metrics]
+    if secure:
+        done = [m for m in secure if m["secagg_aborted"] == 0.0]
+        lines += ["", f"Secure aggregation ({cfg.run.aggregation}): {len(secure) - len(done)} of {len(secure)} rounds aborted."]
+        if done:
+            def mean(key: str) -> float:
+                return sum(m[key] for m in done) / len(done)
+
+            lines.append(
+                f"Per round: {mean('secagg_upload_bytes_per_client') / 1024:.1f} KiB uploaded per client, "
+                f"client {mean('secagg_client_time_s') * 1e3:.1f} ms, server {mean('secagg_server_time_s') * 1e3:.1f} ms, "
+                f"{sum(m['secagg_recovered_dropouts'] for m in done):.0f} dropouts recovered in total, "
+                f"modulus 2^{done[-1]['secagg_modulus_bits']:.0f}, threshold {done[-1]['secagg_threshold']:.0f}, "
+                f"max clipped fraction {max(m['secagg_clipped_fraction'] for m in done):.2e}."
+            )
     lines += ["", f"Wall time {out.timing.get('wall_time_s', 0):.2f} s.", "", "![accuracy vs round](accuracy.png)", ""]
     return "\n".join(lines)
 

@@ -18,20 +18,14 @@ import hashlib
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
 from fl.aggregators import Aggregator, Weighting, check_updates
 from fl.errors import ConfigError, UpdateError
 from fl.types import Aggregate, ClientUpdate
+from secagg.api import Mode, secure_sum
 from secagg.errors import AbortError
-from secagg.graph import NeighbourGraph, choose_params
-from secagg.protocol import ProtocolConfig
-from secagg.quantize import FixedPointCodec
-from secagg.simulate import identity_keys_for, run_round
-
-Mode = Literal["secagg", "secagg+"]
 
 
 @dataclass(frozen=True)
@@ -87,86 +81,61 @@ class SecAggAggregator(Aggregator):
         self.weighting: Weighting = weighting
         self.seed = seed
         self._salt = struct.pack(">Q", seed)
-
-    def _protocol(self, n: int, length: int, bits: int, round_index: int) -> tuple[ProtocolConfig, str]:
-        s = self.settings
-        if self.mode == "secagg+":
-            params = choose_params(n, dropout_rate=s.target_dropout, corrupt_fraction=s.corrupt_fraction)
-            graph = params.graph(_graph_seed(round_index, self._salt))
-            note = params.describe()
-            threshold = params.threshold
-        else:
-            graph = NeighbourGraph.complete(n)
-            threshold = int(np.ceil(s.threshold_fraction * n))
-            note = f"SecAgg n={n} t={threshold} (complete graph)"
-        holders = graph.degree + 1
-        # the protocol needs a strict majority of the k + 1 holders (see secagg.protocol.ProtocolConfig)
-        threshold = min(max(threshold, holders // 2 + 1), holders)
-        identity = None
-        if s.active:
-            private, public = identity_keys_for(n)
-            identity = public
-            self._identities = private
-        round_id = int.from_bytes(hashlib.sha256(self._salt + struct.pack(">Q", round_index)).digest()[:8], "big")
-        return ProtocolConfig(round_id, graph, threshold, length, bits, identity), note
+        self.last_description = ""
 
     def aggregate(
         self, updates: Sequence[ClientUpdate], *, dim: int, round_index: int, late_dropouts: Sequence[int] = ()
     ) -> Aggregate:
         check_updates(updates, dim)
         s = self.settings
-        participants = sorted({u.client_id for u in updates} | set(late_dropouts))
-        n = len(participants)
-        if n < 2 or not updates:
+        if len({u.client_id for u in updates} | set(late_dropouts)) < 2 or not updates:
             # A "sum" of one input is that input: secure aggregation refuses rather than reveal it.
             return Aggregate(np.zeros(dim, np.float32), 0.0, 0, {"secagg_aborted": 1.0})
-        protocol_id = {c: i + 1 for i, c in enumerate(participants)}
-        codec = FixedPointCodec.with_safe_modulus(
-            s.clip_range, s.scale_bits, n, max_weight=1.0, headroom_bits=s.headroom_bits
-        )
-        config, note = self._protocol(n, dim + 1, codec.modulus_bits, round_index)
-        inputs = {}
-        clipped = 0
+        weights = {}
         for u in updates:
-            weight = (u.num_examples if self.weighting == "examples" else 1.0) / s.max_weight
-            if weight > 1.0:
+            w = (u.num_examples if self.weighting == "examples" else 1.0) / s.max_weight
+            if w > 1.0:
                 raise UpdateError(
                     f"client {u.client_id} has {u.num_examples} examples, more than secagg.max_weight "
                     f"({s.max_weight:g}); raise secagg.max_weight"
                 )
-            clipped += int(np.count_nonzero(np.abs(u.delta) > s.clip_range))
-            # Rounding randomness is not secret (the masks hide each encoding); seeding keeps runs reproducible.
-            rng = np.random.default_rng([self.seed, round_index, u.client_id, 0x5EC])
-            encoded = codec.encode_weighted(u.delta, weight, rng=rng)
-            inputs[protocol_id[u.client_id]] = encoded.astype(config.dtype, copy=False)
-        late = {protocol_id[c]: "mask" for c in late_dropouts}
-        # late dropouts have no input of their own; give them a placeholder they never send
-        for pid in late:
-            inputs[pid] = np.zeros(config.vector_length, config.dtype)
-        identities = getattr(self, "_identities", None) if s.active else None
-        metrics: dict[str, float] = {
-            "secagg_modulus_bits": float(codec.modulus_bits),
-            "secagg_threshold": float(config.threshold),
-            "secagg_degree": float(config.graph.degree),
-            "secagg_clipped_fraction": clipped / max(len(updates) * dim, 1),
-        }
+            weights[u.client_id] = w
+        round_id = int.from_bytes(hashlib.sha256(self._salt + struct.pack(">Q", round_index)).digest()[:8], "big")
         try:
-            result, stats = run_round(config, inputs, drops=late, identities=identities)  # type: ignore[arg-type]
+            out = secure_sum(
+                {u.client_id: u.delta for u in updates},
+                clip=s.clip_range,
+                scale_bits=s.scale_bits,
+                weights=weights,
+                max_weight=1.0,
+                mode=self.mode,
+                late_dropouts=late_dropouts,
+                round_id=round_id,
+                graph_seed=_graph_seed(round_index, self._salt),
+                threshold_fraction=s.threshold_fraction,
+                target_dropout=s.target_dropout,
+                corrupt_fraction=s.corrupt_fraction,
+                active=s.active,
+                headroom_bits=s.headroom_bits,
+                # rounding randomness is not secret (masks hide each encoding); seeding keeps runs reproducible
+                rounding_seed=[self.seed, round_index, 0x5EC],
+            )
         except AbortError:
-            metrics["secagg_aborted"] = 1.0
-            return Aggregate(np.zeros(dim, np.float32), 0.0, 0, metrics)
-        values, total = codec.decode_weighted(result.vector.astype(np.uint64), len(result.survivors))
-        metrics.update(
-            {
-                "secagg_client_time_s": stats.mean_client_seconds(),
-                "secagg_server_time_s": stats.server_seconds,
-                "secagg_upload_bytes_per_client": stats.mean_upload_bytes(),
-                "secagg_recovered_dropouts": float(len(result.dropped)),
-                "secagg_aborted": 0.0,
-            }
-        )
-        self.last_note = note
+            return Aggregate(np.zeros(dim, np.float32), 0.0, 0, {"secagg_aborted": 1.0})
+        self.last_description = out.description
+        metrics = {
+            "secagg_aborted": 0.0,
+            "secagg_modulus_bits": float(out.config.modulus_bits),
+            "secagg_threshold": float(out.config.threshold),
+            "secagg_degree": float(out.config.graph.degree),
+            "secagg_clipped_fraction": out.clipped_fraction,
+            "secagg_client_time_s": out.stats.mean_client_seconds(),
+            "secagg_server_time_s": out.stats.server_seconds,
+            "secagg_upload_bytes_per_client": out.stats.mean_upload_bytes(),
+            "secagg_recovered_dropouts": float(len(out.dropped)),
+        }
+        total = out.total_weight or 0.0
         if total <= 0:
-            return Aggregate(np.zeros(dim, np.float32), 0.0, len(result.survivors), metrics)
-        mean = (values / total).astype(np.float32)
-        return Aggregate(mean, total * s.max_weight, len(result.survivors), metrics)
+            return Aggregate(np.zeros(dim, np.float32), 0.0, len(out.survivors), metrics)
+        mean = (out.sum / total).astype(np.float32)
+        return Aggregate(mean, total * s.max_weight, len(out.survivors), metrics)

@@ -30,6 +30,7 @@ from fl.strategies import ServerOptimizer, Strategy, build_strategy
 from fl.types import ClientUpdate, RoundPlan, RoundResult
 
 if TYPE_CHECKING:
+    from fl.he import CKKSSettings
     from fl.secure import SecAggSettings
 
 CHECKPOINT = "checkpoint.npz"
@@ -113,6 +114,8 @@ class Simulation:
             config.run.aggregation,
             weighting=s.weighting,  # type: ignore[arg-type]
             secagg=self._secagg_settings(),
+            ckks=self._ckks_settings(),
+            num_clients=len(self.data.clients),
             seed=config.run.seed,
         )
         num_clients = len(self.data.clients)
@@ -121,13 +124,25 @@ class Simulation:
         self.dropout = Dropout(config.dropout.rate, config.dropout.phase)  # type: ignore[arg-type]
         self.num_clients = num_clients
 
+    def _max_weight(self, configured: float) -> float:
+        # Public bound on n_k: by default the largest client's training-set size (a simulation convenience;
+        # a deployment fixes it in advance like any protocol parameter).
+        return configured or float(max(c.num_train for c in self.data.clients))
+
+    def _ckks_settings(self) -> CKKSSettings:
+        from fl.he import CKKSSettings
+
+        cc = self.config.ckks
+        return CKKSSettings(
+            preset=cc.preset, max_abs=cc.max_abs, flood=cc.flood, flood_security_bits=cc.flood_security_bits,
+            max_weight=self._max_weight(cc.max_weight),
+        )
+
     def _secagg_settings(self) -> SecAggSettings:
         from fl.secure import SecAggSettings
 
         sc = self.config.secagg
-        # Public bound on n_k: by default the largest client's training-set size (a simulation convenience;
-        # a deployment fixes it in advance like any protocol parameter).
-        max_weight = sc.max_weight or float(max(c.num_train for c in self.data.clients))
+        max_weight = self._max_weight(sc.max_weight)
         return SecAggSettings(
             clip_range=sc.clip_range, scale_bits=sc.scale_bits, headroom_bits=sc.headroom_bits,
             threshold_fraction=sc.threshold_fraction, target_dropout=sc.target_dropout,
@@ -164,8 +179,9 @@ class Simulation:
             "upload_bytes_per_client": float(4 * self.layout.size),
         }
         metrics.update({k: float(v) for k, v in aggregate.metrics.items()})
-        if "secagg_upload_bytes_per_client" in metrics:  # what a client really sends under the protocol
-            metrics["upload_bytes_per_client"] = metrics["secagg_upload_bytes_per_client"]
+        for key in ("secagg_upload_bytes_per_client", "ckks_upload_bytes_per_client"):
+            if key in metrics:  # what a client really sends under the protocol
+                metrics["upload_bytes_per_client"] = metrics[key]
         if arrived and aggregate.total_weight > 0:
             weights = optimizer.step(weights, aggregate.vector)
             n = np.array([u.num_examples for u in arrived], dtype=np.float64)

@@ -32,6 +32,8 @@ Construction (version 1, frozen by ``tests/secagg/vectors/prg.json``)::
 
 from __future__ import annotations
 
+import functools
+import sys
 from typing import Final
 
 import numpy as np
@@ -88,22 +90,29 @@ def _derive_key(seed: bytes, domain: bytes) -> bytes:
     return hkdf.derive(seed)
 
 
-def _keystream_into(seed: bytes, domain: bytes, nbytes: int) -> bytearray:
-    """The first ``nbytes`` of the stream, in a mutable buffer (possibly longer than ``nbytes``).
+@functools.cache
+def _zeros() -> bytes:
+    # One shared all-zero plaintext; the OS maps it lazily, so it costs no physical memory to speak of.
+    return bytes(_CHUNK_BYTES)
 
-    ``update_into`` needs ``block_size - 1`` bytes of slack at the end of the output buffer, so the
-    returned bytearray has ``nbytes + 15`` bytes; only the first ``nbytes`` are meaningful.
+
+def _fill_keystream(seed: bytes, domain: bytes, view: memoryview) -> None:
+    """Write the first ``len(view)`` bytes of the stream into the writable byte view ``view``.
+
+    ``update_into`` needs ``block_size - 1`` bytes of slack after what it writes, so the last 15 bytes
+    come from ``update`` instead; CTR is a stream mode, so the split does not change the stream.
     """
     encryptor = Cipher(algorithms.AES(_derive_key(seed, domain)), modes.CTR(_CTR_INITIAL_BLOCK)).encryptor()
-    out = bytearray(nbytes + _AES_BLOCK_BYTES - 1)
-    view = memoryview(out)
-    zeros = memoryview(bytes(min(nbytes, _CHUNK_BYTES)))
+    zeros = memoryview(_zeros())
+    nbytes = len(view)
+    bulk = max(nbytes - (_AES_BLOCK_BYTES - 1), 0)
     pos = 0
-    while pos < nbytes:  # loops over 16 MiB chunks, not over elements
-        take = min(_CHUNK_BYTES, nbytes - pos)
+    while pos < bulk:  # loops over 16 MiB chunks, not over elements
+        take = min(_CHUNK_BYTES, bulk - pos)
         pos += encryptor.update_into(zeros[:take], view[pos:])
+    if pos < nbytes:
+        view[pos:] = encryptor.update(zeros[: nbytes - pos])
     encryptor.finalize()
-    return out
 
 
 def keystream_bytes(seed: bytes, nbytes: int, *, domain: bytes) -> bytes:
@@ -120,7 +129,9 @@ def keystream_bytes(seed: bytes, nbytes: int, *, domain: bytes) -> bytes:
     _check_count("nbytes", nbytes)
     if nbytes == 0:
         return b""
-    return bytes(memoryview(_keystream_into(seed, domain, nbytes))[:nbytes])
+    out = bytearray(nbytes)
+    _fill_keystream(seed, domain, memoryview(out))
+    return bytes(out)
 
 
 def mask_dtype(modulus_bits: int) -> np.dtype[np.uint32] | np.dtype[np.uint64]:
@@ -137,7 +148,12 @@ def _check_modulus_bits(modulus_bits: int) -> None:
 
 
 def expand_mask(
-    seed: bytes, length: int, modulus_bits: int, *, domain: bytes
+    seed: bytes,
+    length: int,
+    modulus_bits: int,
+    *,
+    domain: bytes,
+    out: npt.NDArray[np.uint32] | npt.NDArray[np.uint64] | None = None,
 ) -> npt.NDArray[np.uint32] | npt.NDArray[np.uint64]:
     """Expand ``seed`` into ``length`` independent uniform elements of Z_{2^modulus_bits}.
 
@@ -146,6 +162,9 @@ def expand_mask(
         length: number of elements (>= 0).
         modulus_bits: b in 1..64; every value lies in [0, 2^b).
         domain: public context string (round, pair, purpose) separating independent masks.
+        out: optional C-contiguous array of ``mask_dtype(modulus_bits)`` and shape ``(length,)`` to
+            fill and return; reusing one scratch buffer across many masks avoids a fresh page-faulting
+            allocation per mask (the keystream itself is then the whole cost).
 
     Returns:
         A fresh, writable, C-contiguous array of shape ``(length,)``: ``uint32`` for b <= 32, else
@@ -158,12 +177,19 @@ def expand_mask(
     _check_seed_and_domain(seed, domain)
     _check_count("length", length)
     dtype = mask_dtype(modulus_bits)
+    if out is None:
+        words = np.empty(length, dtype=dtype)
+    else:
+        if not isinstance(out, np.ndarray) or out.dtype != dtype or out.shape != (length,):
+            raise ParameterError(f"out must be a {dtype} array of shape ({length},)")
+        if not out.flags.c_contiguous or not out.flags.writeable:
+            raise ParameterError("out must be C-contiguous and writable")
+        words = out
     if length == 0:
-        return np.zeros(0, dtype=dtype)
-    buf = _keystream_into(seed, domain, length * dtype.itemsize)
-    # An explicit little-endian dtype pins the byte order so masks agree across platforms; on
-    # little-endian hosts astype(copy=False) is a no-op and the array stays a view of ``buf``.
-    words = np.frombuffer(buf, dtype=dtype.newbyteorder("<"), count=length).astype(dtype, copy=False)
+        return words
+    _fill_keystream(seed, domain, memoryview(words.view(np.uint8)))  # type: ignore[arg-type]  # numpy stubs
+    if sys.byteorder == "big":  # the stream is read as little-endian words on every platform
+        words.byteswap(inplace=True)
     if modulus_bits < 8 * dtype.itemsize:
         np.bitwise_and(words, dtype.type((1 << modulus_bits) - 1), out=words)
-    return words  # type: ignore[return-value]  # numpy cannot narrow dtype[generic] to the union
+    return words

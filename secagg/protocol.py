@@ -173,12 +173,12 @@ def _self_domain(config: ProtocolConfig, u: int) -> bytes:
     return b"self" + _round(config) + struct.pack(">I", u)
 
 
-def _pair_mask(config: ProtocolConfig, seed: bytes, a: int, b: int) -> Vector:
-    return expand_mask(seed, config.vector_length, config.modulus_bits, domain=_pair_info(config, a, b))
+def _pair_mask(config: ProtocolConfig, seed: bytes, a: int, b: int, scratch: Vector) -> Vector:
+    return expand_mask(seed, config.vector_length, config.modulus_bits, domain=_pair_info(config, a, b), out=scratch)
 
 
-def _self_mask(config: ProtocolConfig, seed: bytes, u: int) -> Vector:
-    return expand_mask(seed, config.vector_length, config.modulus_bits, domain=_self_domain(config, u))
+def _self_mask(config: ProtocolConfig, seed: bytes, u: int, scratch: Vector) -> Vector:
+    return expand_mask(seed, config.vector_length, config.modulus_bits, domain=_self_domain(config, u), out=scratch)
 
 
 def _reduce(config: ProtocolConfig, vector: Vector) -> Vector:
@@ -222,6 +222,7 @@ class _ClientSecrets:
     mask: KeyPair
     self_seed: bytes = b""
     own_shares: tuple[int, int] = (0, 0)  # this client's share of its own (mask key, self seed)
+    enc_keys: dict[int, bytes] = field(default_factory=dict)  # share-encryption key per holder (phase 1 → 2)
     # shares others sent us: owner -> (share of owner's mask key, share of owner's self seed)
     received: dict[int, tuple[int, int]] = field(default_factory=dict)
 
@@ -335,6 +336,7 @@ class ClientSession:
                 self._secrets.own_shares = (key_share, seed_share)
                 continue
             key = self._secrets.enc.agree(entries[v].enc_public, info=_enc_info(cfg, u, v))
+            self._secrets.enc_keys[v] = key  # the same key opens v's shares for us in the next phase
             plaintext = share_to_bytes(v, key_share) + share_to_bytes(v, seed_share)
             ciphertexts.append(
                 (v, seal(key, plaintext, sender=u, receiver=v, round_id=cfg.round_id, purpose=_SHARE_PURPOSE))
@@ -346,12 +348,14 @@ class ClientSession:
         if self._input is None:
             raise LocalProtocolError("set_input() must be called before the masked-input phase")
         senders = [s for s, _ in msg.ciphertexts]
+        if len(set(senders)) != len(senders):
+            raise RemoteProtocolError("forwarded shares repeat a sender")
         if u in senders or not set(senders) <= set(self._directory):
             raise RemoteProtocolError("forwarded shares come from clients outside this client's key directory")
         if len(senders) + 1 < cfg.threshold:
             raise AbortError(f"only {len(senders) + 1} share holders completed key sharing, need {cfg.threshold}")
         for v, ciphertext in msg.ciphertexts:
-            key = self._secrets.enc.agree(self._directory[v].enc_public, info=_enc_info(cfg, u, v))
+            key = self._secrets.enc_keys[v]
             plaintext = open_sealed(key, ciphertext, sender=v, receiver=u, round_id=cfg.round_id, purpose=_SHARE_PURPOSE)
             if len(plaintext) != 2 * SHARE_BYTES:
                 raise RemoteProtocolError(f"share plaintext from client {v} has the wrong length")
@@ -363,15 +367,17 @@ class ClientSession:
                 raise RemoteProtocolError(f"shares from client {v} are evaluated at the wrong point")
             self._secrets.received[v] = (key_share, seed_share)
         self._u2_view = tuple(sorted((*senders, u)))
-        masked = self._input.copy()
-        masked += _self_mask(cfg, self._secrets.self_seed, u)
+        masked = self._input  # owned copy (set_input copied it); consumed here
+        scratch = np.empty_like(masked)  # one buffer reused for every mask: no per-mask allocation
+        masked += _self_mask(cfg, self._secrets.self_seed, u, scratch)
         for v in senders:
             seed = self._secrets.mask.agree(self._directory[v].mask_public, info=_pair_info(cfg, u, v))
             if u < v:
-                masked += _pair_mask(cfg, seed, u, v)
+                masked += _pair_mask(cfg, seed, u, v, scratch)
             else:
-                masked -= _pair_mask(cfg, seed, u, v)
+                masked -= _pair_mask(cfg, seed, u, v, scratch)
         self._input = None
+        self._secrets.enc_keys.clear()
         return [MaskedInput(cfg.round_id, u, _reduce(cfg, masked))]
 
     def _on_consistency(self, msg: ConsistencyRequest) -> list[ClientMessage]:
@@ -549,7 +555,8 @@ class ServerSession:
         if sender not in self.expected:
             raise RemoteProtocolError(f"client {sender} is not expected in phase {self.phase.value}")
         if sender in self.received:
-            raise self._exclude(sender, RemoteProtocolError(f"client {sender} sent a second {type(message).__name__}"))
+            # A retransmission must not let one client abort everyone's round: the first message stands.
+            raise RemoteProtocolError(f"client {sender} sent a second {type(message).__name__}; ignored")
         handler: Callable[[Any], None] = getattr(self, f"_take_{self.phase.value}")
         try:
             handler(message)
@@ -573,7 +580,8 @@ class ServerSession:
 
     def _take_collect_shares(self, msg: EncryptedShares) -> None:
         addressed = tuple(v for v, _ in msg.ciphertexts)
-        expected = tuple(v for v in self.config.holders(msg.sender) if v in self._keys and v != msg.sender)
+        u1 = set(self.u1)
+        expected = tuple(v for v in self.config.holders(msg.sender) if v in u1 and v != msg.sender)
         if addressed != expected:
             raise RemoteProtocolError("encrypted shares are not addressed to exactly its neighbours that advertised")
         self._shares[msg.sender] = msg
@@ -729,8 +737,9 @@ class ServerSession:
                 raise AbortError(f"reconstructed mask key of client {v} does not match its public key")
         assert self._sum is not None
         total = self._sum.copy()
+        scratch = np.empty_like(total)
         for u, seed in seeds.items():
-            total -= _self_mask(cfg, seed, u)
+            total -= _self_mask(cfg, seed, u, scratch)
         u3_set = set(u3)
         for v, key_pair in key_pairs.items():
             for u in cfg.graph.of(v):
@@ -739,9 +748,9 @@ class ServerSession:
                 seed = key_pair.agree(self._keys[u].mask_public, info=_pair_info(cfg, u, v))
                 # u added +mask if u < v and -mask if u > v; undo what u did
                 if u < v:
-                    total -= _pair_mask(cfg, seed, u, v)
+                    total -= _pair_mask(cfg, seed, u, v, scratch)
                 else:
-                    total += _pair_mask(cfg, seed, u, v)
+                    total += _pair_mask(cfg, seed, u, v, scratch)
         self.result = AggregationResult(
             _reduce(cfg, total), u3, dropped, tuple(sorted(self.excluded)), tuple(sorted(bad))
         )

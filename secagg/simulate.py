@@ -50,6 +50,8 @@ class RoundStats:
     """What one simulated round cost: per-client CPU time and traffic, server time."""
 
     client_seconds: dict[int, float] = field(default_factory=dict)
+    #: per phase ("advertise", "share", "mask", ...): client id -> seconds spent producing that phase's reply
+    client_phase_seconds: dict[str, dict[int, float]] = field(default_factory=dict)
     server_seconds: float = 0.0
     upload_bytes: dict[int, int] = field(default_factory=dict)
     download_bytes: dict[int, int] = field(default_factory=dict)
@@ -57,6 +59,10 @@ class RoundStats:
 
     def mean_client_seconds(self) -> float:
         return sum(self.client_seconds.values()) / max(len(self.client_seconds), 1)
+
+    def mean_phase_seconds(self, phase: str) -> float:
+        times = self.client_phase_seconds.get(phase, {})
+        return sum(times.values()) / max(len(times), 1)
 
     def mean_upload_bytes(self) -> float:
         return sum(self.upload_bytes.values()) / max(len(self.upload_bytes), 1)
@@ -98,17 +104,19 @@ def run_round(
         stats.download_bytes[u] = 0
     alive = set(clients)
 
-    def transmit(message: M) -> M:
-        return decode(encode(message)) if wire else message  # type: ignore[return-value]
-
-    def size(message: Message) -> int:
-        return len(encode(message)) if wire else 0
+    def ship(message: M) -> tuple[M, int]:
+        """The message as the receiver gets it, and its size on the wire (0 when wire=False)."""
+        if not wire:
+            return message, 0
+        data = encode(message)
+        return decode(data), len(data)  # type: ignore[return-value]
 
     def to_server(u: int, message: ClientMessage) -> None:
-        stats.upload_bytes[u] += size(message)
+        delivered, nbytes = ship(message)  # transport (encode/decode) is nobody's compute time
+        stats.upload_bytes[u] += nbytes
         t0 = time.perf_counter()
         try:
-            server.receive(transmit(message))
+            server.receive(delivered)
         except ProtocolError as exc:  # the server excluded this client; the round goes on without it
             stats.client_errors[u] = f"server rejected: {exc}"
             alive.discard(u)
@@ -121,7 +129,9 @@ def run_round(
             continue
         t0 = time.perf_counter()
         advert = clients[u].start()
-        stats.client_seconds[u] += time.perf_counter() - t0
+        spent = time.perf_counter() - t0
+        stats.client_seconds[u] += spent
+        stats.client_phase_seconds.setdefault("advertise", {})[u] = spent
         to_server(u, advert)
 
     while server.phase not in (ServerPhase.DONE, ServerPhase.ERROR):
@@ -135,16 +145,19 @@ def run_round(
             if drops.get(u) == _REPLY_PHASE[type(message)]:
                 alive.discard(u)
                 continue
-            stats.download_bytes[u] += size(message)
+            delivered, nbytes = ship(message)
+            stats.download_bytes[u] += nbytes
             t0 = time.perf_counter()
             try:
-                replies = clients[u].receive(transmit(message))
+                replies = clients[u].receive(delivered)
             except ProtocolError as exc:  # the client gives up (e.g. too few neighbours): it drops out
                 stats.client_errors[u] = f"client aborted: {exc}"
                 alive.discard(u)
                 continue
             finally:
-                stats.client_seconds[u] += time.perf_counter() - t0
+                spent = time.perf_counter() - t0
+                stats.client_seconds[u] += spent
+                stats.client_phase_seconds.setdefault(_REPLY_PHASE[type(message)], {})[u] = spent
             for reply in replies:
                 to_server(u, reply)
     assert server.result is not None

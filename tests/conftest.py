@@ -2,7 +2,11 @@ from __future__ import annotations
 
 import os
 
+import torch
 from hypothesis import HealthCheck, settings
+
+# Tiny models: one intra-op thread is faster, and pytest-xdist already runs one worker per core.
+torch.set_num_threads(1)
 
 # CI must be reproducible: derandomised examples, no wall-clock deadline on 2 shared cores.
 settings.register_profile(

@@ -39,3 +39,17 @@ def test_console_entry_point_show_config() -> None:
         [sys.executable, "-m", "fl", "show-config"], capture_output=True, text=True, check=True, timeout=120
     )
     assert 'name = "breast_cancer"' in done.stdout
+
+
+def test_run_with_secagg_reports_cost(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        '[run]\nrounds = 2\naggregation = "secagg+"\ncentralized_baseline = false\n'
+        '[dropout]\nrate = 0.2\nphase = "after_training"\n'
+    )
+    out = tmp_path / "out"
+    assert main(["run", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    report = (out / "report.md").read_text()
+    assert "Secure aggregation (secagg+): 0 of 2 rounds aborted" in report and "KiB uploaded per client" in report
+    results = json.loads((out / "results.json").read_text())
+    assert results["rounds"][0]["secagg_modulus_bits"] > 0

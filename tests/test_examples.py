@@ -21,3 +21,11 @@ def test_compare_strategies(capsys) -> None:  # type: ignore[no-untyped-def]
     assert set(results) == {"fedavg", "fedprox (mu=0.1)", "fedadam (lr=0.05)", "centralized"}
     assert all(0.5 < acc <= 1.0 for acc in results.values())
     assert "centralized" in capsys.readouterr().out
+
+
+def test_secure_sum_numpy(capsys) -> None:  # type: ignore[no-untyped-def]
+    one_call_error, sans_io_error = _load("secure_sum_numpy").main(["--clients", "6", "--length", "200"])
+    # decoding error < n * 2^-20 per coordinate
+    assert one_call_error < 7 * 2.0**-20 and sans_io_error < 6 * 2.0**-20
+    out = capsys.readouterr().out
+    assert "recovered dropouts (999,)" in out and "dropped (2,)" in out

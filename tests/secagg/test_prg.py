@@ -83,7 +83,7 @@ def test_matches_independent_hkdf_aes_ctr(seed: bytes, domain: bytes, length: in
 
 @pytest.mark.parametrize(("bits", "le_dtype"), [(64, "<u8"), (32, "<u4")])
 def test_independent_check_crosses_chunk_boundary(bits: int, le_dtype: str) -> None:
-    # 16 MiB chunks inside _keystream_into: make sure the counter carries over between update calls,
+    # 16 MiB chunks inside _fill_keystream: make sure the counter carries over between update calls,
     # for both word widths (the boundary falls at a different element index for each).
     w = np.dtype(le_dtype).itemsize
     n = (1 << 24) // w + 3

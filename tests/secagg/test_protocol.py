@@ -265,9 +265,9 @@ def test_server_rejects_duplicates_and_strangers() -> None:
     c = ClientSession(config, 1)
     advert = c.start()
     server.receive(advert)
-    with pytest.raises(RemoteProtocolError, match="second AdvertiseKeys"):
+    with pytest.raises(RemoteProtocolError, match="second AdvertiseKeys; ignored"):
         server.receive(advert)
-    assert 1 in server.excluded
+    assert 1 not in server.excluded and server.received == (1,)  # a retransmission cannot abort the round
     with pytest.raises(RemoteProtocolError, match="unexpected MaskedInput"):
         server.receive(MaskedInput(config.round_id, 2, np.zeros(16, np.uint32)))
 
@@ -319,3 +319,80 @@ def test_config_validation() -> None:
         ProtocolConfig(1, g, 4, 10, 32, {1: secrets.token_bytes(32)})
     with pytest.raises(ParameterError, match="client_id"):
         ClientSession(ProtocolConfig(1, g, 4, 10, 32), 7)
+
+
+def test_bad_share_is_identified_and_excluded() -> None:
+    from secagg.shamir import share_from_bytes, share_to_bytes
+
+    config = _config(7, 4)
+    server = ServerSession(config)
+    clients = {u: ClientSession(config, u) for u in config.client_ids}
+    inputs = _inputs(config, 5)
+    for u, c in clients.items():
+        c.set_input(inputs[u])
+        server.receive(c.start())
+    while server.phase is not ServerPhase.DONE:
+        for msg in server.close_phase():
+            for reply in clients[msg.receiver].receive(msg):
+                if isinstance(reply, UnmaskResponse) and reply.sender == 3:
+                    owner, data = reply.self_mask_shares[0]
+                    sid, value = share_from_bytes(data)
+                    forged = share_to_bytes(sid, (value + 1) % (2**521 - 1))
+                    reply = UnmaskResponse(reply.round_id, 3, ((owner, forged), *reply.self_mask_shares[1:]),
+                                           reply.mask_key_shares)
+                server.receive(reply)
+    assert server.result is not None
+    assert server.result.bad_shares == (3,)
+    np.testing.assert_array_equal(server.result.vector.astype(np.uint64),
+                                  _expected(config, inputs, server.result.survivors))
+
+
+def test_replayed_ciphertext_under_another_sender_is_rejected() -> None:
+    config = _config(4, 3)
+    server = ServerSession(config)
+    clients = {u: ClientSession(config, u) for u in config.client_ids}
+    for c in clients.values():
+        c.set_input(np.zeros(config.vector_length, config.dtype))
+        server.receive(c.start())
+    for msg in server.close_phase():
+        for reply in clients[msg.receiver].receive(msg):
+            server.receive(reply)
+    forwarded = {m.receiver: m for m in server.close_phase() if isinstance(m, ForwardedShares)}
+    cts = dict(forwarded[1].ciphertexts)
+    replayed = ((2, cts[2]), (3, cts[2]), (4, cts[4]))  # 2's ciphertext replayed as if 3 sent it
+    with pytest.raises(RemoteProtocolError, match="authentication"):
+        clients[1].receive(ForwardedShares(config.round_id, 1, replayed))
+
+
+def test_no_secret_reaches_reprs_or_error_texts_during_a_round() -> None:
+    config = _config(5, 3, m=8)
+    server = ServerSession(config)
+    clients = {u: ClientSession(config, u) for u in config.client_ids}
+    for _u, c in clients.items():
+        c.set_input(np.zeros(config.vector_length, config.dtype))
+        server.receive(c.start())
+    texts: list[str] = []
+    messages = []
+    while server.phase is not ServerPhase.DONE:
+        outbox = server.close_phase()
+        messages.extend(outbox)
+        for msg in outbox:
+            for reply in clients[msg.receiver].receive(msg):
+                messages.append(reply)
+                server.receive(reply)
+                try:  # every rejection path the server has for a duplicate or stray message
+                    server.receive(reply)
+                except ProtocolError as exc:
+                    texts.append(str(exc))
+        texts.append(repr(server))
+    texts += [repr(m) for m in messages] + [repr(c) for c in clients.values()] + [repr(server.result)]
+    secrets_hex: list[str] = []
+    for c in clients.values():
+        secrets_hex += [c._secrets.enc.private_bytes().hex(), c._secrets.mask.private_bytes().hex()]  # noqa: SLF001
+    for m in messages:
+        if isinstance(m, UnmaskResponse):
+            secrets_hex += [data.hex() for _, data in (*m.self_mask_shares, *m.mask_key_shares)]
+    assert secrets_hex and texts
+    for text in texts:
+        for h in secrets_hex:
+            assert h[:16] not in text
