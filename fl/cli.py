@@ -24,6 +24,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, help="override run.seed")
     run.add_argument("--fresh", action="store_true", help="ignore and delete an existing checkpoint in --out")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    budget = sub.add_parser("budget", help="plan the privacy budget of a config before running it")
+    budget.add_argument("config", nargs="?")
+    budget.add_argument("--points", type=int, default=10, help="rounds at which to print epsilon")
     show = sub.add_parser("show-config", help="print a config (default: the built-in one) as validated TOML")
     show.add_argument("config", nargs="?")
     return p
@@ -67,11 +70,71 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_budget(args: argparse.Namespace) -> int:
+    from dp.errors import DPError
+    from fl.privacy import DPSettings, SamplingInfo, calibrate, epsilon_curve
+
+    config = _load(args.config)
+    d = config.dp
+    if d.mode == "none":
+        print("dp.mode is 'none': this run spends no privacy budget (and protects nothing). Set [dp] mode.")
+        return 0
+    try:
+        settings = DPSettings(
+            mode=d.mode, clip=d.clip, noise_multiplier=d.noise_multiplier, target_epsilon=d.target_epsilon,
+            delta=d.delta, epsilon_budget=d.epsilon_budget, accountant=d.accountant,
+            adaptive_clipping=d.adaptive_clipping, target_quantile=d.target_quantile,
+            clip_learning_rate=d.clip_learning_rate, count_noise_multiplier=d.count_noise_multiplier,
+            noise=d.noise, bits=d.bits,
+        )
+        n = config.data.num_clients
+        per_round = config.sampling.clients_per_round or n
+        sampling = SamplingInfo(config.sampling.method, n, config.sampling.rate, per_round)
+        distributed = None
+        factory = None
+        if d.mode == "distributed":
+            from dp.distributed import DistributedParams
+            from fl.layout import ParamLayout
+            from fl.models import build_model
+            from fl.simulation import build_federated_data
+
+            data = build_federated_data(config)
+            outputs = data.num_classes if data.task == "classification" else 1
+            dim = ParamLayout.from_module(
+                build_model(config.model.name, data.feature_shape, outputs, hidden=config.model.hidden)
+            ).size
+
+            def factory(z: float) -> DistributedParams:
+                return DistributedParams.for_noise_multiplier(
+                    dim=dim, clip=d.clip, noise_multiplier=z,
+                    expected_clients=max(round(sampling.expected_cohort), 1), bits=d.bits, noise=d.noise,  # type: ignore[arg-type]
+                )
+        z = calibrate(settings, sampling, config.run.rounds, factory)
+        if factory is not None:
+            distributed = factory(z)
+        curve = epsilon_curve(settings, sampling, z, config.run.rounds, args.points, distributed)
+    except DPError as exc:
+        print(f"fedshield: error: {exc}", file=sys.stderr)
+        return 2
+    where = "calibrated" if not d.noise_multiplier else "configured"
+    sampled = (f"Poisson q = {config.sampling.rate:g}" if config.sampling.method == "poisson"
+               else f"{per_round} of {n} clients per round")
+    print(f"DP mode {d.mode}, {d.accountant.upper()} accountant, delta = {d.delta:g}, {sampled}, clip {d.clip:g}")
+    print(f"noise multiplier ({where}): {z:.4f}; budget epsilon = {settings.budget:g}")
+    print(f"{'round':>8} {'epsilon':>10}")
+    for t, eps in curve:
+        flag = "  <- over budget: the run stops before this round" if eps > settings.budget else ""
+        print(f"{t:>8} {eps:>10.4f}{flag}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
             return _cmd_run(args)
+        if args.command == "budget":
+            return _cmd_budget(args)
         if args.command == "show-config":
             print(_load(args.config).to_toml())
             return 0

@@ -121,6 +121,25 @@ class CKKSConfig:
     max_weight: float = _opt(0.0, lo=0)  # public bound on n_k; 0 = the largest client training set
 
 
+@dataclass(frozen=True)
+class DPConfig:
+    """Client-level differential privacy (see fl/privacy.py)."""
+
+    mode: str = _opt("none", choices=("none", "central", "local", "distributed"))
+    clip: float = _opt(1.0, lo=0, lo_open=True)  # L2 bound on each client's update
+    noise_multiplier: float = _opt(0.0, lo=0)  # 0 = calibrate from target_epsilon over run.rounds
+    target_epsilon: float = _opt(3.0, lo=0, lo_open=True)
+    delta: float = _opt(1e-5, lo=0, hi=1, lo_open=True, hi_open=True)
+    epsilon_budget: float = _opt(0.0, lo=0)  # hard stop; 0 = target_epsilon
+    accountant: str = _opt("pld", choices=("pld", "rdp"))
+    adaptive_clipping: bool = _opt(False)
+    target_quantile: float = _opt(0.5, lo=0, hi=1, lo_open=True, hi_open=True)
+    clip_learning_rate: float = _opt(0.2, lo=0, lo_open=True)
+    count_noise_multiplier: float = _opt(10.0, lo=0, lo_open=True)
+    noise: str = _opt("discrete_gaussian", choices=("discrete_gaussian", "skellam"))  # distributed mode
+    bits: int = _opt(20, lo=8, hi=62)  # distributed mode: secure-aggregation modulus bits
+
+
 _SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "model": ModelConfig,
@@ -131,6 +150,7 @@ _SECTIONS: dict[str, type] = {
     "run": RunConfig,
     "secagg": SecAggConfig,
     "ckks": CKKSConfig,
+    "dp": DPConfig,
 }
 
 
@@ -145,6 +165,7 @@ class ExperimentConfig:
     run: RunConfig = field(default_factory=RunConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
     ckks: CKKSConfig = field(default_factory=CKKSConfig)
+    dp: DPConfig = field(default_factory=DPConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         out = {}
@@ -253,6 +274,13 @@ def _cross_check(cfg: ExperimentConfig) -> None:
             "sampling.clients_per_round",
             f"{cfg.sampling.clients_per_round} exceeds data.num_clients ({cfg.data.num_clients})",
         )
+    if cfg.dp.mode == "distributed" and cfg.run.aggregation not in ("secagg", "secagg+"):
+        raise ConfigError("run.aggregation", "dp.mode 'distributed' adds noise shares under secure aggregation: "
+                          "allowed: secagg, secagg+")
+    if cfg.dp.mode == "distributed" and cfg.dp.accountant != "rdp":
+        raise ConfigError("dp.accountant", "distributed DP (discrete noise) is priced by the 'rdp' accountant only")
+    if cfg.dp.mode != "none" and cfg.server.strategy == "fedsgd":
+        raise ConfigError("server.strategy", "client-level DP clips model deltas: use fedavg/fedprox/FedOpt")
     if cfg.server.strategy == "fedprox" and cfg.client.mu <= 0:
         raise ConfigError("client.mu", "strategy 'fedprox' needs client.mu > 0")
 

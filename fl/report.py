@@ -45,15 +45,18 @@ def _metric_key(out: RunOutput) -> str:
 
 
 def plot(out: RunOutput, path: Path) -> None:
+    """Accuracy per round (federated, worst client, centralized) and, with DP, ε spent per round beside it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     key = _metric_key(out)
+    with_dp = any("dp_epsilon" in r.metrics for r in out.history)
+    fig, axes = plt.subplots(1, 2 if with_dp else 1, figsize=(11.5 if with_dp else 6.4, 4.0), dpi=120)
+    ax = axes[0] if with_dp else axes
     xs = [r.round_index + 1 for r in out.history if key in r.metrics]
     ys = [r.metrics[key] for r in out.history if key in r.metrics]
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
     ax.plot(xs, ys, marker="o", markersize=3, label=f"federated ({out.config.server.strategy})")
     low_key = key.replace("test_", "client_") + "_min"
     lows = [r.metrics[low_key] for r in out.history if key in r.metrics and low_key in r.metrics]
@@ -66,6 +69,18 @@ def plot(out: RunOutput, path: Path) -> None:
     ax.set_title(f"{out.config.data.name}: {out.config.data.num_clients} clients, {out.config.data.partition}")
     ax.grid(alpha=0.3)
     ax.legend()
+    if with_dp:
+        ax2 = axes[1]
+        rounds = [r.round_index + 1 for r in out.history if "dp_epsilon" in r.metrics]
+        eps = [r.metrics["dp_epsilon"] for r in out.history if "dp_epsilon" in r.metrics]
+        ax2.plot(rounds, eps, marker=".", color="C2", label=f"ε spent ({out.config.dp.accountant.upper()})")
+        budget = out.config.dp.epsilon_budget or out.config.dp.target_epsilon
+        ax2.axhline(budget, color="C3", linestyle="--", label=f"budget ε = {budget:g}")
+        ax2.set_xlabel("round")
+        ax2.set_ylabel(f"ε at δ = {out.config.dp.delta:g}")
+        ax2.set_title(f"client-level DP ({out.config.dp.mode})")
+        ax2.grid(alpha=0.3)
+        ax2.legend()
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -110,6 +125,23 @@ def markdown(out: RunOutput) -> str:
                 f"{sum(m['secagg_recovered_dropouts'] for m in done):.0f} dropouts recovered in total, "
                 f"modulus 2^{done[-1]['secagg_modulus_bits']:.0f}, threshold {done[-1]['secagg_threshold']:.0f}, "
                 f"max clipped fraction {max(m['secagg_clipped_fraction'] for m in done):.2e}."
+            )
+    dp_rounds = [r.metrics for r in out.history if "dp_epsilon" in r.metrics]
+    if dp_rounds:
+        d = cfg.dp
+        last = dp_rounds[-1]
+        lines += [
+            "",
+            f"Client-level DP ({d.mode}, {d.accountant.upper()} accountant): ε = {last['dp_epsilon']:.4f} at "
+            f"δ = {d.delta:g} after {len(dp_rounds)} releases (budget {d.epsilon_budget or d.target_epsilon:g}); "
+            f"noise multiplier {last['dp_noise_multiplier']:.4f}, clip {last['dp_clip']:.4g}, "
+            f"clients over the clip in the last round {last['dp_clipped_fraction']:.0%}. "
+            "Every release is in `privacy_ledger.jsonl` (written before the round's result was used).",
+        ]
+        if "stopped_by_privacy_budget_at_round" in out.timing:
+            lines.append(
+                f"Training stopped before round {out.timing['stopped_by_privacy_budget_at_round']:.0f}: "
+                "its release would have exceeded the budget."
             )
     lines += ["", f"Wall time {out.timing.get('wall_time_s', 0):.2f} s.", "", "![accuracy vs round](accuracy.png)", ""]
     return "\n".join(lines)

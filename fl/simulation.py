@@ -110,19 +110,44 @@ class Simulation:
             epochs=c.epochs, batch_size=c.batch_size, lr=c.lr, momentum=c.momentum,
             weight_decay=c.weight_decay, mu=self.strategy.prox_mu,
         )
-        self.aggregator = aggregator if aggregator is not None else build_aggregator(
-            config.run.aggregation,
-            weighting=s.weighting,  # type: ignore[arg-type]
-            secagg=self._secagg_settings(),
-            ckks=self._ckks_settings(),
-            num_clients=len(self.data.clients),
-            seed=config.run.seed,
-        )
         num_clients = len(self.data.clients)
         per_round = config.sampling.clients_per_round or num_clients
         self.sampler = Sampler(config.sampling.method, per_round, config.sampling.rate)  # type: ignore[arg-type]
+        dp_on = config.dp.mode != "none"
+        self.aggregator = aggregator if aggregator is not None else build_aggregator(
+            config.run.aggregation,
+            # client-level DP bounds each client's contribution: every client weighs the same
+            weighting="uniform" if dp_on else s.weighting,  # type: ignore[arg-type]
+            secagg=self._secagg_settings(),
+            ckks=self._ckks_settings(),
+            num_clients=num_clients,
+            seed=config.run.seed,
+        )
+        if dp_on and aggregator is None:
+            self.aggregator = self._dp_aggregator(self.aggregator, num_clients, per_round)
         self.dropout = Dropout(config.dropout.rate, config.dropout.phase)  # type: ignore[arg-type]
         self.num_clients = num_clients
+
+    def _dp_aggregator(self, inner: Aggregator, num_clients: int, per_round: int) -> Aggregator:
+        from fl.privacy import DPAggregator, DPSettings, SamplingInfo
+
+        d = self.config.dp
+        settings = DPSettings(
+            mode=d.mode, clip=d.clip, noise_multiplier=d.noise_multiplier, target_epsilon=d.target_epsilon,
+            delta=d.delta, epsilon_budget=d.epsilon_budget, accountant=d.accountant,
+            adaptive_clipping=d.adaptive_clipping, target_quantile=d.target_quantile,
+            clip_learning_rate=d.clip_learning_rate, count_noise_multiplier=d.count_noise_multiplier,
+            noise=d.noise, bits=d.bits,
+        )
+        sampling = SamplingInfo(self.config.sampling.method, num_clients, self.config.sampling.rate, per_round)
+        ledger = self.out_dir / "privacy_ledger.jsonl" if self.out_dir is not None else None
+        if ledger is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
+        return DPAggregator(
+            inner, settings, sampling, rounds=self.config.run.rounds, dim=self.layout.size, ledger_path=ledger,
+            run_id=config_hash(self.config), seed=self.config.run.seed,
+            secagg_mode=self.config.run.aggregation if self.config.run.aggregation.startswith("secagg") else "secagg",
+        )
 
     def _max_weight(self, configured: float) -> float:
         # Public bound on n_k: by default the largest client's training-set size (a simulation convenience;
@@ -250,10 +275,14 @@ class Simulation:
             total=rounds, initial=start, desc="rounds", unit="round", disable=not self.progress, dynamic_ncols=True
         )
         completed = True
+        budget_stop: int | None = None
         try:
             for r in range(start, rounds):
                 if stop_after is not None and r >= stop_after:
                     completed = False
+                    break
+                if getattr(self.aggregator, "would_exceed", None) is not None and self.aggregator.would_exceed():  # type: ignore[attr-defined]
+                    budget_stop = r  # the next release would overspend the privacy budget: stop here
                     break
                 weights, result = self.run_round(r, weights, optimizer)
                 history.append(result)
@@ -266,9 +295,14 @@ class Simulation:
                 bar.update(1)
         finally:
             bar.close()
+            close = getattr(self.aggregator, "close", None)
+            if callable(close):
+                close()  # e.g. release the privacy ledger's lock
         final = self.evaluate(weights)
         centralized = self.centralized_baseline() if completed and self.config.run.centralized_baseline else None
         timing = {"wall_time_s": time.perf_counter() - t0, "rounds_run": float(len(history) - start)}
+        if budget_stop is not None:
+            timing["stopped_by_privacy_budget_at_round"] = float(budget_stop)
         return RunOutput(self.config, history, weights, final, centralized, timing, completed)
 
 

@@ -29,3 +29,14 @@ def test_secure_sum_numpy(capsys) -> None:  # type: ignore[no-untyped-def]
     assert one_call_error < 7 * 2.0**-20 and sans_io_error < 6 * 2.0**-20
     out = capsys.readouterr().out
     assert "recovered dropouts (999,)" in out and "dropped (2,)" in out
+
+
+def test_dp_privacy_utility(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    rows = _load("dp_privacy_utility").main(
+        ["--clients", "100", "--rounds", "5", "--epsilons", "1", "8", "--out", str(tmp_path)]
+    )
+    assert [r["target_epsilon"] for r in rows] == [None, 8.0, 1.0]
+    for r in rows[1:]:
+        assert r["epsilon_spent"] <= r["target_epsilon"] and r["epsilon_spent"] > 0.9 * r["target_epsilon"]
+    assert rows[2]["noise_multiplier"] > rows[1]["noise_multiplier"]  # a smaller epsilon needs more noise
+    assert (tmp_path / "curve.png").exists() and (tmp_path / "curve.json").exists()

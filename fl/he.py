@@ -1,0 +1,128 @@
+"""CKKS homomorphic aggregation behind the :class:`Aggregator` seam (``aggregation = "ckks"``).
+
+Three roles live in this process for simulation: a *key holder* (creates the keys once per training and is
+the only party that can decrypt), the *clients* (encrypt ``[w_k · clip(Δ_k), w_k]`` with the public context)
+and the *server* (adds ciphertexts; it holds no secret key). The public context is serialised once and
+handed to every client and the server at construction. Every decryption that leaves the key holder is
+noise-flooded (IND-CPA^D protection, see ``secagg.ckks`` and SECURITY.md).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fl.aggregators import Aggregator, Weighting, check_updates
+from fl.errors import ConfigError, UpdateError
+from fl.types import Aggregate, ClientUpdate
+
+PRESETS: tuple[str, ...] = ("compact", "add_only", "scalar_mul")
+
+
+@dataclass(frozen=True)
+class CKKSSettings:
+    """Public parameters of CKKS aggregation in a training run (the ``[ckks]`` config section)."""
+
+    preset: str = "compact"
+    max_abs: float = 1.0
+    flood: bool = True
+    flood_security_bits: int = 40
+    max_weight: float = 1000.0
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ConfigError("ckks.preset", f"unknown preset {self.preset!r}; allowed: {', '.join(PRESETS)}")
+        if not self.max_abs > 0:
+            raise ConfigError("ckks.max_abs", f"must be > 0, got {self.max_abs}")
+        if not 20 <= self.flood_security_bits <= 128:
+            raise ConfigError("ckks.flood_security_bits", f"must be in 20..128, got {self.flood_security_bits}")
+        if not self.max_weight > 0:
+            raise ConfigError("ckks.max_weight", f"must be > 0, got {self.max_weight}")
+
+
+class CKKSAggregator(Aggregator):
+    """Weighted FedAvg mean computed under CKKS: the server sees neither updates nor weights."""
+
+    def __init__(self, num_clients: int, settings: CKKSSettings | None = None, *, weighting: Weighting = "examples"):
+        from secagg import ckks
+
+        self.settings = settings or CKKSSettings()
+        self.weighting: Weighting = weighting
+        params = getattr(ckks, self.settings.preset.upper(), None)
+        if not isinstance(params, ckks.CkksParams):
+            raise ConfigError("ckks.preset", f"preset {self.settings.preset!r} is not available in secagg.ckks")
+        # Client weights are n_k / max_weight scaled up to the largest weight the encoding range allows: the
+        # flooding noise on the decrypted sum is fixed, so a larger total weight shrinks its effect on the mean.
+        clients = max(num_clients, 1)
+        probe = ckks.AggregationConfig(params, max_clients=clients, max_abs=self.settings.max_abs, max_weight=1e-9)
+        limit = probe.range_limit(2**params.decryption_bits)
+        # 0.9: the key holder re-checks against the exact prime, a little below its nominal 2^bits
+        self.weight_scale = 0.9 * limit / (clients * max(self.settings.max_abs, 1.0))
+        config = ckks.AggregationConfig(params, max_clients=clients, max_abs=self.settings.max_abs,
+                                        max_weight=self.weight_scale)
+        t0 = time.perf_counter()
+        self._key_holder = ckks.KeyHolder.generate(config, flood_security_bits=self.settings.flood_security_bits)
+        self.public_context = self._key_holder.public_context_bytes()  # serialised once per training
+        self.setup_seconds = time.perf_counter() - t0
+        self._encryptors: dict[int, ckks.ClientEncryptor] = {}
+        self._ckks = ckks
+
+    def _encryptor(self, client_id: int) -> Any:
+        # each client loads the public context once per training, not per message
+        if client_id not in self._encryptors:
+            self._encryptors[client_id] = self._ckks.ClientEncryptor(self.public_context, client_id=client_id)
+        return self._encryptors[client_id]
+
+    def aggregate(
+        self, updates: Sequence[ClientUpdate], *, dim: int, round_index: int, late_dropouts: Sequence[int] = ()
+    ) -> Aggregate:
+        check_updates(updates, dim)
+        s = self.settings
+        metrics: dict[str, float] = {"ckks_context_bytes": float(len(self.public_context))}
+        if not updates:
+            return Aggregate(np.zeros(dim, np.float32), 0.0, 0, metrics)  # dropped clients simply do not contribute
+        t_client = 0.0
+        server = self._ckks.CiphertextAggregator(self.public_context, length=dim)
+        t_server = 0.0
+        upload = 0
+        clipped = 0
+        for u in updates:
+            weight = (u.num_examples if self.weighting == "examples" else 1.0) / s.max_weight
+            if weight > 1.0:
+                raise UpdateError(
+                    f"client {u.client_id} has {u.num_examples} examples, more than ckks.max_weight "
+                    f"({s.max_weight:g}); raise ckks.max_weight"
+                )
+            t0 = time.perf_counter()
+            clipped += int(np.count_nonzero(np.abs(u.delta) > s.max_abs))
+            x = np.clip(u.delta.astype(np.float64), -s.max_abs, s.max_abs)
+            encrypted = self._encryptor(u.client_id).encrypt_update(x, weight * self.weight_scale)
+            t1 = time.perf_counter()
+            server.add(encrypted)
+            t_server += time.perf_counter() - t1
+            t_client += t1 - t0
+            upload += encrypted.nbytes
+        t0 = time.perf_counter()
+        total = server.result()
+        t_server += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        mean, total_weight = self._key_holder.decrypt_mean(total, flood=s.flood)
+        t_decrypt = time.perf_counter() - t0
+        metrics.update(
+            {
+                "ckks_client_time_s": t_client / len(updates),
+                "ckks_server_time_s": t_server,
+                "ckks_decrypt_time_s": t_decrypt,
+                "ckks_upload_bytes_per_client": upload / len(updates),
+                "ckks_flood_sigma": self._key_holder.flooding_sigma(dim) if s.flood else 0.0,
+                "ckks_clipped_fraction": clipped / (len(updates) * dim),
+            }
+        )
+        metrics["ckks_mean_noise_std"] = metrics["ckks_flood_sigma"] / max(total_weight, 1e-300)
+        return Aggregate(
+            mean.astype(np.float32), total_weight / self.weight_scale * s.max_weight, len(updates), metrics
+        )
