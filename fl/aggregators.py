@@ -57,6 +57,21 @@ def client_weights(updates: Sequence[ClientUpdate], weighting: Weighting) -> np.
     return np.ones(len(updates), dtype=np.float64)
 
 
+def bounded_weight(update: ClientUpdate, weighting: Weighting, max_weight: float, key: str) -> float:
+    """The client's weight as a fraction of the public bound ``max_weight`` (config key ``key``), in [0, 1].
+
+    Encrypted and masked aggregation need a public bound on every weight (to size the encoding), so a client
+    with more examples than the bound is an error, not a silent truncation.
+    """
+    weight = (update.num_examples if weighting == "examples" else 1.0) / max_weight
+    if weight > 1.0:
+        raise UpdateError(
+            f"client {update.client_id} has {update.num_examples} examples, more than {key} "
+            f"({max_weight:g}); raise {key}"
+        )
+    return weight
+
+
 class WeightedMean(Aggregator):
     """Σ_k w_k Δ_k / Σ_k w_k in plaintext: the server sees every update (no privacy).
 

@@ -80,16 +80,9 @@ def _cmd_budget(args: argparse.Namespace) -> int:
         print("dp.mode is 'none': this run spends no privacy budget (and protects nothing). Set [dp] mode.")
         return 0
     try:
-        settings = DPSettings(
-            mode=d.mode, clip=d.clip, noise_multiplier=d.noise_multiplier, target_epsilon=d.target_epsilon,
-            delta=d.delta, epsilon_budget=d.epsilon_budget, accountant=d.accountant,
-            adaptive_clipping=d.adaptive_clipping, target_quantile=d.target_quantile,
-            clip_learning_rate=d.clip_learning_rate, count_noise_multiplier=d.count_noise_multiplier,
-            noise=d.noise, bits=d.bits,
-        )
-        n = config.data.num_clients
-        per_round = config.sampling.clients_per_round or n
-        sampling = SamplingInfo(config.sampling.method, n, config.sampling.rate, per_round)
+        settings = DPSettings.from_config(d)
+        sampling = SamplingInfo.from_config(config)
+        n, per_round = sampling.num_clients, sampling.per_round
         distributed = None
         factory = None
         if d.mode == "distributed":

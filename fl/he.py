@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from fl.aggregators import Aggregator, Weighting, check_updates
-from fl.errors import ConfigError, UpdateError
+from fl.aggregators import Aggregator, Weighting, bounded_weight, check_updates
+from fl.errors import ConfigError
 from fl.types import Aggregate, ClientUpdate
 
 PRESETS: tuple[str, ...] = ("compact", "add_only", "scalar_mul")
@@ -91,12 +91,7 @@ class CKKSAggregator(Aggregator):
         upload = 0
         clipped = 0
         for u in updates:
-            weight = (u.num_examples if self.weighting == "examples" else 1.0) / s.max_weight
-            if weight > 1.0:
-                raise UpdateError(
-                    f"client {u.client_id} has {u.num_examples} examples, more than ckks.max_weight "
-                    f"({s.max_weight:g}); raise ckks.max_weight"
-                )
+            weight = bounded_weight(u, self.weighting, s.max_weight, "ckks.max_weight")
             t0 = time.perf_counter()
             clipped += int(np.count_nonzero(np.abs(u.delta) > s.max_abs))
             x = np.clip(u.delta.astype(np.float64), -s.max_abs, s.max_abs)

@@ -15,6 +15,7 @@ the server optimiser, and a round whose release would exceed ``dp.epsilon_budget
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import struct
@@ -48,6 +49,7 @@ from dp.mechanisms import (
 )
 from dp.rng import CryptoRNG
 from fl.aggregators import Aggregator, WeightedMean, check_updates
+from fl.config import DPConfig, ExperimentConfig
 from fl.errors import ConfigError
 from fl.types import Aggregate, ClientUpdate
 
@@ -88,6 +90,11 @@ class DPSettings:
     def budget(self) -> float:
         return self.epsilon_budget or self.target_epsilon
 
+    @classmethod
+    def from_config(cls, dp: DPConfig) -> DPSettings:
+        """The settings of a validated ``[dp]`` config section (same field names)."""
+        return cls(**{f.name: getattr(dp, f.name) for f in dataclasses.fields(cls)})
+
 
 @dataclass(frozen=True)
 class SamplingInfo:
@@ -97,6 +104,11 @@ class SamplingInfo:
     num_clients: int
     rate: float = 1.0
     per_round: int = 0
+
+    @classmethod
+    def from_config(cls, config: ExperimentConfig) -> SamplingInfo:
+        n = config.data.num_clients
+        return cls(config.sampling.method, n, config.sampling.rate, config.sampling.clients_per_round or n)
 
     @property
     def expected_cohort(self) -> float:

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fl.aggregators import Aggregator, Weighting, check_updates
-from fl.errors import ConfigError, UpdateError
+from fl.aggregators import Aggregator, Weighting, bounded_weight, check_updates
+from fl.errors import ConfigError
 from fl.types import Aggregate, ClientUpdate
 from secagg.api import Mode, secure_sum
 from secagg.errors import AbortError
@@ -91,15 +91,7 @@ class SecAggAggregator(Aggregator):
         if len({u.client_id for u in updates} | set(late_dropouts)) < 2 or not updates:
             # A "sum" of one input is that input: secure aggregation refuses rather than reveal it.
             return Aggregate(np.zeros(dim, np.float32), 0.0, 0, {"secagg_aborted": 1.0})
-        weights = {}
-        for u in updates:
-            w = (u.num_examples if self.weighting == "examples" else 1.0) / s.max_weight
-            if w > 1.0:
-                raise UpdateError(
-                    f"client {u.client_id} has {u.num_examples} examples, more than secagg.max_weight "
-                    f"({s.max_weight:g}); raise secagg.max_weight"
-                )
-            weights[u.client_id] = w
+        weights = {u.client_id: bounded_weight(u, self.weighting, s.max_weight, "secagg.max_weight") for u in updates}
         round_id = int.from_bytes(hashlib.sha256(self._salt + struct.pack(">Q", round_index)).digest()[:8], "big")
         try:
             out = secure_sum(

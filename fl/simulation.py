@@ -124,22 +124,15 @@ class Simulation:
             seed=config.run.seed,
         )
         if dp_on and aggregator is None:
-            self.aggregator = self._dp_aggregator(self.aggregator, num_clients, per_round)
+            self.aggregator = self._dp_aggregator(self.aggregator)
         self.dropout = Dropout(config.dropout.rate, config.dropout.phase)  # type: ignore[arg-type]
         self.num_clients = num_clients
 
-    def _dp_aggregator(self, inner: Aggregator, num_clients: int, per_round: int) -> Aggregator:
+    def _dp_aggregator(self, inner: Aggregator) -> Aggregator:
         from fl.privacy import DPAggregator, DPSettings, SamplingInfo
 
-        d = self.config.dp
-        settings = DPSettings(
-            mode=d.mode, clip=d.clip, noise_multiplier=d.noise_multiplier, target_epsilon=d.target_epsilon,
-            delta=d.delta, epsilon_budget=d.epsilon_budget, accountant=d.accountant,
-            adaptive_clipping=d.adaptive_clipping, target_quantile=d.target_quantile,
-            clip_learning_rate=d.clip_learning_rate, count_noise_multiplier=d.count_noise_multiplier,
-            noise=d.noise, bits=d.bits,
-        )
-        sampling = SamplingInfo(self.config.sampling.method, num_clients, self.config.sampling.rate, per_round)
+        settings = DPSettings.from_config(self.config.dp)
+        sampling = SamplingInfo.from_config(self.config)
         ledger = self.out_dir / "privacy_ledger.jsonl" if self.out_dir is not None else None
         if ledger is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
