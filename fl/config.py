@@ -59,6 +59,10 @@ class ClientConfig:
     momentum: float = _opt(0.0, lo=0, hi=1, hi_open=True)
     weight_decay: float = _opt(0.0, lo=0)
     mu: float = _opt(0.0, lo=0)
+    dpsgd_noise_multiplier: float = _opt(0.0, lo=0)  # > 0: clients train with DP-SGD (sample-level DP)
+    dpsgd_max_grad_norm: float = _opt(1.0, lo=0, lo_open=True)  # per-example gradient clip of DP-SGD
+    dpsgd_delta: float = _opt(1e-5, lo=0, hi=1, lo_open=True, hi_open=True)
+    dpsgd_accountant: str = _opt("rdp", choices=("rdp", "pld"))
 
 
 @dataclass(frozen=True)
@@ -279,6 +283,8 @@ def _cross_check(cfg: ExperimentConfig) -> None:
                           "allowed: secagg, secagg+")
     if cfg.dp.mode == "distributed" and cfg.dp.accountant != "rdp":
         raise ConfigError("dp.accountant", "distributed DP (discrete noise) is priced by the 'rdp' accountant only")
+    if cfg.client.dpsgd_noise_multiplier > 0 and cfg.server.strategy == "fedsgd":
+        raise ConfigError("server.strategy", "DP-SGD trains locally: use fedavg/fedprox/FedOpt, not fedsgd")
     if cfg.dp.mode != "none" and cfg.server.strategy == "fedsgd":
         raise ConfigError("server.strategy", "client-level DP clips model deltas: use fedavg/fedprox/FedOpt")
     if cfg.server.strategy == "fedprox" and cfg.client.mu <= 0:

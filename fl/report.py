@@ -143,6 +143,15 @@ def markdown(out: RunOutput) -> str:
                 f"Training stopped before round {out.timing['stopped_by_privacy_budget_at_round']:.0f}: "
                 "its release would have exceeded the budget."
             )
+    if out.history and "dpsgd_epsilon_max" in out.history[-1].metrics:
+        m = out.history[-1].metrics
+        c = cfg.client
+        lines += [
+            "",
+            f"Sample-level DP-SGD on every client (σ = {c.dpsgd_noise_multiplier:g}, per-example clip "
+            f"{c.dpsgd_max_grad_norm:g}, {c.dpsgd_accountant.upper()}): ε per client at δ = {c.dpsgd_delta:g} "
+            f"is {m['dpsgd_epsilon_max']:.4f} for the most-trained client, {m['dpsgd_epsilon_mean']:.4f} on average.",
+        ]
     lines += ["", f"Wall time {out.timing.get('wall_time_s', 0):.2f} s.", "", "![accuracy vs round](accuracy.png)", ""]
     return "\n".join(lines)
 

@@ -30,6 +30,7 @@ from fl.strategies import ServerOptimizer, Strategy, build_strategy
 from fl.types import ClientUpdate, RoundPlan, RoundResult
 
 if TYPE_CHECKING:
+    from fl.dpsgd import SampleLevelAccountant
     from fl.he import CKKSSettings
     from fl.secure import SecAggSettings
 
@@ -125,6 +126,13 @@ class Simulation:
         )
         if dp_on and aggregator is None:
             self.aggregator = self._dp_aggregator(self.aggregator)
+        self.dpsgd: SampleLevelAccountant | None = None
+        if c.dpsgd_noise_multiplier > 0:
+            from fl.dpsgd import DPSGDConfig, SampleLevelAccountant
+
+            self.dpsgd = SampleLevelAccountant(
+                DPSGDConfig(c.dpsgd_noise_multiplier, c.dpsgd_max_grad_norm, c.dpsgd_delta, c.dpsgd_accountant)
+            )
         self.dropout = Dropout(config.dropout.rate, config.dropout.phase)  # type: ignore[arg-type]
         self.num_clients = num_clients
 
@@ -170,6 +178,19 @@ class Simulation:
     # -- one round -------------------------------------------------------------------------------
     def client_update(self, client_id: int, weights: np.ndarray, round_index: int) -> ClientUpdate:
         cd = self.data.clients[client_id]
+        if self.dpsgd is not None:
+            from dp.rng import CryptoRNG
+            from fl.dpsgd import local_train_dpsgd
+
+            update, steps, q = local_train_dpsgd(
+                self.model, self.layout, weights, cd.x_train, cd.y_train, self.train_config, self.dpsgd.config,
+                task=self.task, client_id=client_id, seed=0,
+                # a fresh, reproducible CSPRNG stream per (run, round, client): never reuse noise
+                noise_rng=CryptoRNG.from_int_seed(self.config.run.seed, round_index, client_id, 0xD5),
+                report_train_loss=True,  # simulation telemetry; a deployment would not send it
+            )
+            self.dpsgd.record(client_id, steps, q)
+            return update
         if self.strategy.client_mode == "gradient":
             return local_gradient(
                 self.model, self.layout, weights, cd.x_train, cd.y_train, task=self.task, client_id=client_id
@@ -200,6 +221,8 @@ class Simulation:
         for key in ("secagg_upload_bytes_per_client", "ckks_upload_bytes_per_client"):
             if key in metrics:  # what a client really sends under the protocol
                 metrics["upload_bytes_per_client"] = metrics[key]
+        if self.dpsgd is not None:
+            metrics.update(self.dpsgd.summary())  # sample-level ε per client (DP-SGD), worst and mean
         if arrived and aggregate.total_weight > 0:
             weights = optimizer.step(weights, aggregate.vector)
             n = np.array([u.num_examples for u in arrived], dtype=np.float64)
@@ -260,8 +283,10 @@ class Simulation:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             restored = load_checkpoint(self.out_dir / CHECKPOINT, self.config, self.layout.size)
             if restored is not None:
-                weights, opt_state, history = restored
+                weights, opt_state, history, extra = restored
                 optimizer.load_state_dict(opt_state)
+                if self.dpsgd is not None:
+                    self.dpsgd.load_state_dict(extra.get("dpsgd", {}))
         start = len(history)
         t0 = time.perf_counter()
         bar = tqdm(
@@ -282,7 +307,10 @@ class Simulation:
                 if on_round is not None:
                     on_round(result)
                 if self.out_dir is not None and ((r + 1) % self.config.run.checkpoint_every == 0 or r + 1 == rounds):
-                    save_checkpoint(self.out_dir / CHECKPOINT, self.config, weights, optimizer.state_dict(), history)
+                    save_checkpoint(
+                        self.out_dir / CHECKPOINT, self.config, weights, optimizer.state_dict(), history,
+                        extra={"dpsgd": self.dpsgd.state_dict()} if self.dpsgd is not None else None,
+                    )
                 shown = {k: f"{v:.4f}" for k, v in result.metrics.items() if k in ("test_accuracy", "test_r2", "test_loss")}
                 bar.set_postfix(shown)
                 bar.update(1)
@@ -302,9 +330,10 @@ class Simulation:
 # -- checkpoints: numpy arrays + JSON, never pickle ---------------------------------------------------
 def save_checkpoint(
     path: Path, config: ExperimentConfig, weights: np.ndarray, opt_state: dict[str, np.ndarray],
-    history: list[RoundResult],
+    history: list[RoundResult], extra: dict[str, Any] | None = None,
 ) -> None:
-    meta = {"config_hash": config_hash(config), "history": [h.to_dict() for h in history], "format": 1}
+    meta = {"config_hash": config_hash(config), "history": [h.to_dict() for h in history], "format": 1,
+            "extra": extra or {}}
     arrays: dict[str, Any] = {"weights": weights, "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
     arrays.update({f"opt__{k}": v for k, v in opt_state.items()})
     tmp = path.with_suffix(".tmp.npz")
@@ -326,8 +355,8 @@ def _result_from_dict(d: dict[str, Any]) -> RoundResult:
 
 def load_checkpoint(
     path: Path, config: ExperimentConfig, dim: int
-) -> tuple[np.ndarray, dict[str, np.ndarray], list[RoundResult]] | None:
-    """``(weights, optimiser state, history)`` from ``path``, or None if there is no checkpoint."""
+) -> tuple[np.ndarray, dict[str, np.ndarray], list[RoundResult], dict[str, Any]] | None:
+    """``(weights, optimiser state, history, extra state)`` from ``path``, or None if there is none."""
     if not path.exists():
         return None
     try:
@@ -343,4 +372,4 @@ def load_checkpoint(
         )
     if weights.dtype != np.float32 or weights.shape != (dim,):
         raise CheckpointError(f"checkpoint {path} holds weights of shape {weights.shape}, expected ({dim},)")
-    return weights, opt_state, [_result_from_dict(h) for h in meta["history"]]
+    return weights, opt_state, [_result_from_dict(h) for h in meta["history"]], dict(meta.get("extra", {}))

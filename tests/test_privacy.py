@@ -121,3 +121,20 @@ def test_budget_command_plans_epsilon(tmp_path: Path, capsys) -> None:  # type: 
     eps = [float(x[1]) for x in lines]
     assert all(a < b for a, b in zip(eps, eps[1:], strict=False)) and 2.9 < eps[-1] <= 3.0
     assert "noise multiplier (calibrated)" in text
+
+
+def test_dpsgd_clients_report_sample_level_epsilon_and_resume(tmp_path: Path) -> None:
+    cfg = default_config().replace(
+        run={"rounds": 4, "centralized_baseline": False},
+        client={"dpsgd_noise_multiplier": 1.0, "dpsgd_max_grad_norm": 1.0},
+        sampling={"clients_per_round": 5},
+    )
+    full = Simulation(cfg, progress=False).run()
+    eps = [r.metrics["dpsgd_epsilon_max"] for r in full.history]
+    assert all(a <= b for a, b in zip(eps, eps[1:], strict=False)) and eps[-1] > 0
+    assert full.history[-1].metrics["dpsgd_epsilon_mean"] <= eps[-1]
+    assert full.final_metrics["test_accuracy"] > 0.8
+    Simulation(cfg, out_dir=tmp_path, progress=False).run(stop_after=2)
+    resumed = Simulation(cfg, out_dir=tmp_path, progress=False).run()
+    np.testing.assert_array_equal(resumed.weights, full.weights)
+    assert resumed.history[-1].metrics["dpsgd_epsilon_max"] == full.history[-1].metrics["dpsgd_epsilon_max"]
