@@ -32,6 +32,7 @@ import argparse
 import importlib.util
 import json
 import math
+import signal
 import sys
 import time
 from pathlib import Path
@@ -54,6 +55,14 @@ def _flower_ref() -> Any:
     sys.modules["flower_ref"] = module
     spec.loader.exec_module(module)
     return module
+
+
+class FlowerTimeoutError(Exception):
+    """A Flower cell ran past --flower-timeout."""
+
+
+def _timeout(signum: int, frame: object) -> None:
+    raise FlowerTimeoutError("Flower cell exceeded --flower-timeout")
 
 
 def plan(n: int, dropout: float) -> tuple[NeighbourGraph, int, str]:
@@ -94,6 +103,7 @@ def main() -> None:
     ap.add_argument("--m", type=int, nargs="*", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--dropout", type=float, nargs="*", default=[0.0, 0.1, 0.3])
     ap.add_argument("--no-flower", action="store_true", help="skip Flower even if it is installed")
+    ap.add_argument("--flower-timeout", type=int, default=0, help="give up on one Flower cell after this many seconds")
     ap.add_argument("--out", default="runs/bench_secagg")
     args = ap.parse_args()
     ns = [n for n in args.n if not args.quick or n <= 100]
@@ -104,6 +114,8 @@ def main() -> None:
         print("Flower (flwr) not installed or disabled: install '.[bench]' for the comparison columns")
     cells = [(n, m, d) for n in ns for m in ms for d in args.dropout]
     rows = []
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     for n, m, d in tqdm(cells, desc="cells"):
         ours = run_fedshield(n, m, d)
         row: dict[str, Any] = {"n": n, "m": m, "dropout": d, **{f"fs_{k}": v for k, v in ours.items()}}
@@ -111,12 +123,19 @@ def main() -> None:
         row["floor_s"] = flower.prg_floor_seconds(k * m * 4)
         if use_flower:
             sample = 10 if (m >= 100_000 and n >= 100) else None
+            if args.flower_timeout:
+                signal.signal(signal.SIGALRM, _timeout)
+                signal.alarm(args.flower_timeout)
             try:
                 fl = flower.run_flower_secaggplus(n, m, k, t, d, mask_sample=sample)
                 row.update({f"flwr_{key}": value for key, value in fl.items() if isinstance(value, int | float)})
             except Exception as exc:  # noqa: BLE001 - report Flower's failure in the table, keep going
                 row["flwr_error"] = f"{type(exc).__name__}: {exc}"[:120]
+            finally:
+                signal.alarm(0)
         rows.append(row)
+        # written after every cell: a long grid that is stopped keeps what it measured
+        (out / "bench_secagg.json").write_text(json.dumps({"rows": rows}, indent=2))
 
     def fmt(v: Any, spec: str) -> str:
         return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
@@ -142,8 +161,6 @@ def main() -> None:
     bad = [r for r in rows if r["fs_correct"] != 1.0]
     print("all fedshield sums exact" if not bad else f"INCORRECT SUMS in {len(bad)} cells")
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     record = {"rows": rows, "flower": flower.flower_version() if use_flower else None, "time": time.time()}
     (out / "bench_secagg.json").write_text(json.dumps(record, indent=2))
     import matplotlib
