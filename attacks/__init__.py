@@ -7,6 +7,7 @@
   including the server attacking a client's update and client-level membership;
 * :mod:`attacks.audit` — empirical ε lower bounds (Clopper–Pearson, Jagielski et al. 2020; one-run audit of
   Steinke, Nasr, Jagielski 2023);
+* :mod:`attacks.canary` — an end-to-end canary-client audit of the DP aggregator beside the ledger's ε;
 * :mod:`attacks.metrics` — PSNR/SSIM with optimal matching, label accuracy, ROC/AUC/TPR at low FPR.
 """
 
@@ -23,6 +24,7 @@ from attacks.audit import (
     one_run_audit,
     one_run_epsilon_lower_bound,
 )
+from attacks.canary import CanaryAuditResult, canary_audit
 from attacks.inversion import (
     InversionError,
     InversionResult,
@@ -67,6 +69,7 @@ __all__ = [
     "AttackError",
     "AttackParameterError",
     "AuditResult",
+    "CanaryAuditResult",
     "GaussianAuditReport",
     "InversionError",
     "InversionResult",
@@ -83,6 +86,7 @@ __all__ = [
     "audit_gaussian_mechanism",
     "auc",
     "balanced_accuracy",
+    "canary_audit",
     "client_level_attack",
     "clopper_pearson_interval",
     "epsilon_lower_bound",
