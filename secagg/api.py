@@ -10,6 +10,7 @@ with the same parameters (see :func:`plan_round`).
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import numpy.typing as npt
 from secagg.errors import EncodingError, ParameterError
 from secagg.graph import NeighbourGraph, choose_params
 from secagg.keys import SigningKey
+from secagg.prg import KeystreamUniforms
 from secagg.protocol import ProtocolConfig
 from secagg.quantize import FixedPointCodec
 from secagg.simulate import Phase, RoundStats, identity_keys_for, run_round
@@ -46,6 +48,13 @@ class SecureSumResult:
 
     def __repr__(self) -> str:
         return f"SecureSumResult(length={self.sum.shape[0]}, survivors={len(self.survivors)}, {self.description})"
+
+
+def _seed_bytes(seed: int | Sequence[int] | None) -> bytes | None:
+    if seed is None:
+        return None
+    parts = [seed] if isinstance(seed, int) else list(seed)
+    return hashlib.sha256(b"fedshield/secagg/rounding-seed" + b"".join(p.to_bytes(16, "big", signed=True) for p in parts)).digest()
 
 
 def plan_round(
@@ -114,7 +123,8 @@ def secure_sum(
     ``late_dropouts`` take part in key sharing and vanish before sending a masked input; ``drops`` scripts
     vanishing in any phase (see :func:`secagg.simulate.run_round`). The decoded sum differs from the exact
     sum of the clipped (weighted) inputs by less than ``n * 2**-scale_bits`` per coordinate.
-    ``rounding_seed`` seeds the (non-secret) stochastic rounding; None draws fresh randomness.
+    ``rounding_seed`` seeds the stochastic rounding's AES-CTR stream (reproducible simulations); None draws a
+    fresh secret seed.
 
     Raises:
         AbortError: fewer than t clients remain in some phase (nothing is revealed).
@@ -146,7 +156,7 @@ def secure_sum(
         corrupt_fraction=corrupt_fraction, identity_keys=identity_public,
     )
     pid = {c: i + 1 for i, c in enumerate(participants)}
-    rng = np.random.default_rng(rounding_seed)
+    rng = KeystreamUniforms(_seed_bytes(rounding_seed))
     inputs: dict[int, npt.NDArray[np.uint32] | npt.NDArray[np.uint64]] = {}
     clipped = 0
     for c in sorted(vectors):

@@ -193,3 +193,34 @@ def expand_mask(
     if modulus_bits < 8 * dtype.itemsize:
         np.bitwise_and(words, dtype.type((1 << modulus_bits) - 1), out=words)
     return words
+
+
+class KeystreamUniforms:
+    """Uniform floats in [0, 1) (53 random bits each) from this module's AES-CTR stream.
+
+    A cryptographically secure stand-in for ``numpy.random.Generator.random`` where randomness touches
+    private values (the stochastic rounding of an encoded update): with ``seed=None`` the seed comes from
+    :mod:`secrets`; a fixed 32-byte seed makes a simulation reproducible. The stream is read sequentially.
+    """
+
+    _DOMAIN: Final = b"/uniforms/v1"
+
+    def __init__(self, seed: bytes | None = None) -> None:
+        import secrets
+
+        self._seed = secrets.token_bytes(SEED_BYTES) if seed is None else seed
+        _check_seed_and_domain(self._seed, self._DOMAIN)
+        self._encryptor = Cipher(
+            algorithms.AES(_derive_key(self._seed, self._DOMAIN)), modes.CTR(_CTR_INITIAL_BLOCK)
+        ).encryptor()
+
+    def __repr__(self) -> str:
+        return "KeystreamUniforms(<seed hidden>)"
+
+    def random(self, size: int, dtype: type = np.float64) -> npt.NDArray[np.float64]:
+        """``size`` uniforms in [0, 1), like ``Generator.random`` (float64 only)."""
+        _check_count("size", size)
+        if dtype is not np.float64:
+            raise ParameterError("KeystreamUniforms only produces float64")
+        words = np.frombuffer(self._encryptor.update(bytes(8 * size)), dtype="<u8").astype(np.uint64)
+        return (words >> np.uint64(11)).astype(np.float64) * 2.0**-53

@@ -28,13 +28,14 @@ additionally require ``n * Q < 2**53`` so that every legitimate sum converts to 
 
 Stochastic rounding randomness
 ------------------------------
-Rounding takes its uniforms from a caller-provided :class:`numpy.random.Generator`. They are not secret:
+Rounding takes its uniforms from a caller-provided source: :class:`secagg.prg.KeystreamUniforms` (AES-CTR,
+the default of :func:`secagg.secure_sum`) or a :class:`numpy.random.Generator`. They need not be secret:
 rounding exists to make the quantiser unbiased (so quantisation error averages out over clients and
 rounds instead of accumulating a drift), not to hide anything. The rounded values themselves are hidden
 by the pairwise masks, and privacy against the server comes from masking and any DP noise, which must be
 drawn from a CSPRNG elsewhere. Knowing the uniforms tells an observer nothing about ``x`` without also
-seeing the client's unmasked encoding. Callers that prefer hygiene anyway can pass
-``np.random.default_rng(secrets.randbits(128))``.
+seeing the client's unmasked encoding. fedshield still draws them from the CSPRNG by default, so no
+randomness that touches a private value comes from a non-cryptographic generator.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ import numpy as np
 import numpy.typing as npt
 
 from secagg.errors import EncodingError, ParameterError
+from secagg.prg import KeystreamUniforms
 
 __all__ = ["MAX_MODULUS_BITS", "MAX_SCALE_BITS", "FixedPointCodec"]
 
@@ -236,9 +238,9 @@ class FixedPointCodec:
         return x.astype(np.float64, copy=False)
 
     @staticmethod
-    def _uniforms(rng: np.random.Generator, size: int) -> npt.NDArray[np.float64]:
-        if not isinstance(rng, np.random.Generator):
-            raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    def _uniforms(rng: np.random.Generator | KeystreamUniforms, size: int) -> npt.NDArray[np.float64]:
+        if not isinstance(rng, np.random.Generator | KeystreamUniforms):
+            raise TypeError(f"rng must be a KeystreamUniforms or numpy.random.Generator, got {type(rng).__name__}")
         return rng.random(size, dtype=np.float64)
 
     def _embed(self, q: npt.NDArray[np.int64]) -> npt.NDArray[np.uint64]:
@@ -256,7 +258,9 @@ class FixedPointCodec:
         y = values * self.scale  # exact: multiplication by a power of two
         return self._embed(_stochastic_round(y, uniforms))
 
-    def encode(self, x: npt.NDArray[np.floating[Any]], *, rng: np.random.Generator) -> npt.NDArray[np.uint64]:
+    def encode(
+        self, x: npt.NDArray[np.floating[Any]], *, rng: np.random.Generator | KeystreamUniforms
+    ) -> npt.NDArray[np.uint64]:
         """Clip ``x`` to [-clip, clip], scale, round stochastically and reduce into Z_{2^b}.
 
         Args:
@@ -271,7 +275,7 @@ class FixedPointCodec:
         return self._encode_scaled(values, self._uniforms(rng, values.shape[0]))
 
     def encode_weighted(
-        self, x: npt.NDArray[np.floating[Any]], weight: float, *, rng: np.random.Generator
+        self, x: npt.NDArray[np.floating[Any]], weight: float, *, rng: np.random.Generator | KeystreamUniforms
     ) -> npt.NDArray[np.uint64]:
         """Encode ``weight * clip(x)`` followed by one extra slot holding ``weight``.
 

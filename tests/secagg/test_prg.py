@@ -222,3 +222,20 @@ def test_negative_length_and_wrong_types() -> None:
 def test_info_prefix_is_the_documented_constant() -> None:
     # Changing it silently would desynchronise every deployed client; the KATs catch it too.
     assert PRG_INFO_PREFIX == b"fedshield/secagg/v1/prg"
+
+
+def test_keystream_uniforms_are_uniform_reproducible_and_hidden() -> None:
+    from scipy import stats
+
+    from secagg.prg import KeystreamUniforms
+
+    seed = bytes(range(32))
+    a, b = KeystreamUniforms(seed), KeystreamUniforms(seed)
+    first = a.random(50_000)
+    np.testing.assert_array_equal(first, b.random(50_000))
+    assert not np.array_equal(first, a.random(50_000))  # the stream moves on
+    assert first.min() >= 0 and first.max() < 1 and stats.kstest(first, "uniform").pvalue > 1e-3
+    assert seed.hex() not in repr(a) and "hidden" in repr(a)
+    assert not np.array_equal(KeystreamUniforms().random(8), KeystreamUniforms().random(8))  # fresh secret seeds
+    with pytest.raises(ParameterError):
+        KeystreamUniforms(b"short")
