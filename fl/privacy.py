@@ -48,7 +48,7 @@ from dp.mechanisms import (
     local_gaussian,
 )
 from dp.rng import CryptoRNG
-from fl.aggregators import Aggregator, WeightedMean, check_updates
+from fl.aggregators import Aggregator, check_updates
 from fl.config import DPConfig, ExperimentConfig
 from fl.errors import ConfigError
 from fl.types import Aggregate, ClientUpdate
@@ -147,7 +147,7 @@ def calibrate(settings: DPSettings, sampling: SamplingInfo, rounds: int,
     """The smallest noise multiplier whose ε after ``rounds`` rounds is ≤ target (bisection, 0.1 %)."""
     if settings.noise_multiplier > 0:
         return settings.noise_multiplier
-    if settings.mode in ("central",) and not settings.adaptive_clipping:
+    if settings.mode == "central" and not settings.adaptive_clipping:
         kwargs: dict[str, float | int] = (
             {"sampling_rate": sampling.rate} if sampling.method == "poisson"
             else {"sample_size": sampling.per_round, "population": sampling.num_clients}
@@ -387,7 +387,3 @@ class DPAggregator(Aggregator):
             "dp_noise_std": math.sqrt(len(result.survivors)) * params.noise_std * params.gamma
             / self.sampling.expected_cohort,
         }
-
-
-def plain_inner() -> Aggregator:
-    return WeightedMean("uniform")
