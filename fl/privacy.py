@@ -355,30 +355,24 @@ class DPAggregator(Aggregator):
     def _distributed_sum(
         self, updates: Sequence[ClientUpdate], round_index: int, late_dropouts: Sequence[int]
     ) -> tuple[np.ndarray, int, dict[str, float]]:
-        from secagg.api import plan_round
+        from secagg.api import secure_round
         from secagg.errors import AbortError
-        from secagg.simulate import run_round
 
         params = self.distributed
         assert params is not None
         # public per-round rotation, known to every party
         rotation = hashlib.sha256(b"fedshield/dp/rotation" + struct.pack(">qQ", self._seed or 0, round_index)).digest()
         rng = self._rng.spawn(round_index)
-        participants = sorted({u.client_id for u in updates} | set(late_dropouts))
-        if len(participants) < 2 or not updates:
+        if len({u.client_id for u in updates} | set(late_dropouts)) < 2 or not updates:
             return np.zeros(self.dim), 0, {"secagg_aborted": 1.0}
-        pid = {c: i + 1 for i, c in enumerate(participants)}
-        config, _ = plan_round(len(participants), params.padded_dim, params.bits, mode=self.secagg_mode,  # type: ignore[arg-type]
-                               round_id=round_index)
-        inputs = {pid[u.client_id]: encode_client(u.delta, params, rotation, rng.spawn(u.client_id)).astype(config.dtype)
-                  for u in updates}
-        for c in late_dropouts:
-            inputs[pid[c]] = np.zeros(config.vector_length, config.dtype)
+        inputs = {u.client_id: encode_client(u.delta, params, rotation, rng.spawn(u.client_id)) for u in updates}
         try:
-            result, stats = run_round(config, inputs, drops={pid[c]: "mask" for c in late_dropouts})
+            result = secure_round(inputs, params.bits, mode=self.secagg_mode,  # type: ignore[arg-type]
+                                  late_dropouts=late_dropouts, round_id=round_index)
         except AbortError:
             return np.zeros(self.dim), 0, {"secagg_aborted": 1.0}
-        total = decode_sum(result.vector.astype(np.uint64), params, rotation)
+        stats = result.stats
+        total = decode_sum(result.vector, params, rotation)
         return total, len(result.survivors), {
             "secagg_aborted": 0.0,
             "secagg_upload_bytes_per_client": stats.mean_upload_bytes(),

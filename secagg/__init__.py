@@ -11,7 +11,7 @@ numpy/cryptography only (no torch, no :mod:`fl`), so other FL stacks can embed i
 
 from __future__ import annotations
 
-from secagg.api import SecureSumResult, plan_round, secure_sum
+from secagg.api import SecureRound, SecureSumResult, plan_round, secure_round, secure_sum
 from secagg.errors import (
     AbortError,
     CryptoError,
@@ -76,6 +76,7 @@ __all__ = [
     "RoundStats",
     "SecAggError",
     "SecAggPlusParams",
+    "SecureRound",
     "SecureSumResult",
     "ServerPhase",
     "ServerSession",
@@ -86,5 +87,6 @@ __all__ = [
     "failure_probabilities",
     "plan_round",
     "run_round",
+    "secure_round",
     "secure_sum",
 ]

@@ -27,7 +27,7 @@ from secagg.protocol import ProtocolConfig
 from secagg.quantize import FixedPointCodec
 from secagg.simulate import Phase, RoundStats, identity_keys_for, run_round
 
-__all__ = ["Mode", "SecureSumResult", "plan_round", "secure_sum"]
+__all__ = ["Mode", "SecureRound", "SecureSumResult", "plan_round", "secure_round", "secure_sum"]
 
 Mode = Literal["secagg", "secagg+"]
 
@@ -97,6 +97,73 @@ def plan_round(
     return config, f"{note}; protocol t={threshold} of {holders} holders, modulus 2^{modulus_bits}"
 
 
+@dataclass(frozen=True)
+class SecureRound:
+    """One secure round over already-encoded inputs: the sum mod 2^b and who it covers (caller ids)."""
+
+    vector: npt.NDArray[np.uint64]
+    survivors: tuple[int, ...]
+    dropped: tuple[int, ...]
+    config: ProtocolConfig
+    stats: RoundStats
+    description: str
+
+
+def secure_round(
+    inputs: Mapping[int, npt.NDArray[np.unsignedinteger[Any]]],
+    modulus_bits: int,
+    *,
+    mode: Mode = "secagg",
+    late_dropouts: Sequence[int] = (),
+    drops: Mapping[int, Phase] | None = None,
+    round_id: int = 0,
+    graph_seed: bytes = bytes(32),
+    threshold_fraction: float = 2 / 3,
+    target_dropout: float = 0.1,
+    corrupt_fraction: float = 0.05,
+    active: bool = False,
+) -> SecureRound:
+    """Run a full SecAgg/SecAgg+ round between in-memory sessions on integer vectors in Z_{2^modulus_bits}.
+
+    The caller's client ids are mapped to protocol ids 1..n; ``late_dropouts`` take part in key sharing and
+    vanish before the masked-input phase. Raises :class:`~secagg.errors.AbortError` if the round cannot
+    complete. :func:`secure_sum` is this plus fixed-point encoding; distributed DP feeds its own encoding.
+    """
+    if not inputs:
+        raise ParameterError("no inputs to aggregate")
+    lengths = {np.shape(v) for v in inputs.values()}
+    if len(lengths) != 1 or len(next(iter(lengths))) != 1:
+        raise EncodingError(f"all inputs must be 1-D of one length, got shapes {sorted(lengths)}")
+    (length,) = next(iter(lengths))
+    overlap = set(late_dropouts) & set(inputs)
+    if overlap:
+        raise ParameterError(f"clients {sorted(overlap)[:5]} are both late dropouts and contributors")
+    participants = sorted({*inputs, *late_dropouts})
+    n = len(participants)
+    identities: dict[int, SigningKey] | None = None
+    identity_public: dict[int, bytes] | None = None
+    if active:
+        identities, identity_public = identity_keys_for(n)
+    config, note = plan_round(
+        n, length, modulus_bits, mode=mode, round_id=round_id, graph_seed=graph_seed,
+        threshold_fraction=threshold_fraction, target_dropout=target_dropout,
+        corrupt_fraction=corrupt_fraction, identity_keys=identity_public,
+    )
+    pid = {c: i + 1 for i, c in enumerate(participants)}
+    encoded = {pid[c]: np.asarray(v).astype(config.dtype, copy=False) for c, v in inputs.items()}
+    for c in late_dropouts:  # never sent: they vanish before the masked-input phase
+        encoded[pid[c]] = np.zeros(config.vector_length, dtype=config.dtype)
+    schedule: dict[int, Phase] = {pid[c]: "mask" for c in late_dropouts}
+    schedule.update({pid[c]: p for c, p in (drops or {}).items()})
+    result, stats = run_round(config, encoded, drops=schedule, identities=identities)
+    return SecureRound(
+        result.vector.astype(np.uint64),
+        tuple(participants[i - 1] for i in result.survivors),
+        tuple(participants[i - 1] for i in result.dropped),
+        config, stats, note,
+    )
+
+
 def secure_sum(
     vectors: Mapping[int, npt.NDArray[np.floating[Any]]],
     *,
@@ -138,47 +205,30 @@ def secure_sum(
     (length,) = next(iter(lengths))
     if weights is not None and set(weights) != set(vectors):
         raise ParameterError("weights must name exactly the clients that have vectors")
-    overlap = set(late_dropouts) & set(vectors)
-    if overlap:
-        raise ParameterError(f"clients {sorted(overlap)[:5]} are both late dropouts and contributors")
-    participants = sorted({*vectors, *late_dropouts})
-    n = len(participants)
+    n = len({*vectors, *late_dropouts})
     codec = FixedPointCodec.with_safe_modulus(
         clip, scale_bits, n, max_weight=max_weight if weights is not None else None, headroom_bits=headroom_bits
     )
-    identities: dict[int, SigningKey] | None = None
-    identity_public: dict[int, bytes] | None = None
-    if active:
-        identities, identity_public = identity_keys_for(n)
-    config, note = plan_round(
-        n, length + (1 if weights is not None else 0), codec.modulus_bits, mode=mode, round_id=round_id,
-        graph_seed=graph_seed, threshold_fraction=threshold_fraction, target_dropout=target_dropout,
-        corrupt_fraction=corrupt_fraction, identity_keys=identity_public,
-    )
-    pid = {c: i + 1 for i, c in enumerate(participants)}
     rng = KeystreamUniforms(_seed_bytes(rounding_seed))
-    inputs: dict[int, npt.NDArray[np.uint32] | npt.NDArray[np.uint64]] = {}
+    encoded: dict[int, npt.NDArray[np.uint64]] = {}
     clipped = 0
     for c in sorted(vectors):
         x = vectors[c]
         if isinstance(x, np.ndarray) and np.issubdtype(x.dtype, np.floating) and np.isfinite(x).all():
             clipped += int(np.count_nonzero(np.abs(x) > clip))
-        encoded = codec.encode(x, rng=rng) if weights is None else codec.encode_weighted(x, weights[c], rng=rng)
-        inputs[pid[c]] = encoded.astype(config.dtype, copy=False)
-    for c in late_dropouts:  # never sent: they vanish before the masked-input phase
-        inputs[pid[c]] = np.zeros(config.vector_length, dtype=config.dtype)
-    schedule: dict[int, Phase] = {pid[c]: "mask" for c in late_dropouts}
-    schedule.update({pid[c]: p for c, p in (drops or {}).items()})
-    result, stats = run_round(config, inputs, drops=schedule, identities=identities)
-    survivors = tuple(participants[i - 1] for i in result.survivors)
-    dropped = tuple(participants[i - 1] for i in result.dropped)
-    summed = result.vector.astype(np.uint64)
+        encoded[c] = codec.encode(x, rng=rng) if weights is None else codec.encode_weighted(x, weights[c], rng=rng)
+    outcome = secure_round(
+        encoded, codec.modulus_bits, mode=mode, late_dropouts=late_dropouts, drops=drops, round_id=round_id,
+        graph_seed=graph_seed, threshold_fraction=threshold_fraction, target_dropout=target_dropout,
+        corrupt_fraction=corrupt_fraction, active=active,
+    )
+    survivors, dropped = outcome.survivors, outcome.dropped
     total: float | None = None
     if weights is None:
-        values = codec.decode_sum(summed, len(survivors))
+        values = codec.decode_sum(outcome.vector, len(survivors))
     else:
-        values, total = codec.decode_weighted(summed, len(survivors))
+        values, total = codec.decode_weighted(outcome.vector, len(survivors))
     return SecureSumResult(
-        values, total, survivors, dropped, config, codec, stats,
-        clipped / max(len(vectors) * length, 1), note,
+        values, total, survivors, dropped, outcome.config, codec, outcome.stats,
+        clipped / max(len(vectors) * length, 1), outcome.description,
     )
