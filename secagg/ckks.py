@@ -835,23 +835,13 @@ class EncryptedSum:
 # --------------------------------------------------------------------------------------------------
 
 
-class ClientEncryptor:
-    """Encrypts one client's weighted update with the public context (it cannot decrypt anything).
+class _PublicRole:
+    """What clients and the server share: the public blob's configuration and a key-less context."""
 
-    Args:
-        public_context: :meth:`KeyHolder.public_context_bytes`, received once per training.
-        client_id: this client's id (the server rejects a second update with the same id).
+    __slots__ = ("_config", "_context", "_context_id")
 
-    Raises:
-        EncodingError: malformed blob; ParameterError: insecure parameters, out-of-range configuration or
-            a context holding a secret key.
-    """
-
-    __slots__ = ("_config", "_context", "_context_id", "_client_id")
-
-    def __init__(self, public_context: bytes, *, client_id: int) -> None:
-        self._config, self._context, self._context_id = _load_public_context(public_context, "client")
-        self._client_id = _check_int("client_id", client_id, 0, _MAX_ID)
+    def __init__(self, public_context: bytes, role: str) -> None:
+        self._config, self._context, self._context_id = _load_public_context(public_context, role)
 
     @property
     def config(self) -> AggregationConfig:
@@ -865,6 +855,25 @@ class ClientEncryptor:
     def holds_secret_key(self) -> bool:
         """Always False: the constructor refuses private contexts."""
         return bool(self._context.is_private() or self._context.has_secret_key())
+
+
+class ClientEncryptor(_PublicRole):
+    """Encrypts one client's weighted update with the public context (it cannot decrypt anything).
+
+    Args:
+        public_context: :meth:`KeyHolder.public_context_bytes`, received once per training.
+        client_id: this client's id (the server rejects a second update with the same id).
+
+    Raises:
+        EncodingError: malformed blob; ParameterError: insecure parameters, out-of-range configuration or
+            a context holding a secret key.
+    """
+
+    __slots__ = ("_client_id",)
+
+    def __init__(self, public_context: bytes, *, client_id: int) -> None:
+        super().__init__(public_context, "client")
+        self._client_id = _check_int("client_id", client_id, 0, _MAX_ID)
 
     def encrypt_update(self, vector: npt.ArrayLike, weight: float) -> EncryptedUpdate:
         """Encrypt ``[weight * vector, weight]`` in ``ceil((m+1) / (N/2))`` ciphertexts.
@@ -906,7 +915,7 @@ class ClientEncryptor:
         return f"ClientEncryptor(client_id={self._client_id}, params={self._config.params})"
 
 
-class CiphertextAggregator:
+class CiphertextAggregator(_PublicRole):
     """The server: a streaming sum of encrypted updates, computed without any secret key.
 
     Args:
@@ -918,26 +927,13 @@ class CiphertextAggregator:
     the aggregator unchanged.
     """
 
-    __slots__ = ("_config", "_context", "_context_id", "_length", "_sum", "_client_ids")
+    __slots__ = ("_length", "_sum", "_client_ids")
 
     def __init__(self, public_context: bytes, *, length: int | None = None) -> None:
-        self._config, self._context, self._context_id = _load_public_context(public_context, "server")
+        super().__init__(public_context, "server")
         self._length = None if length is None else _check_int("length", length, 1, _MAX_ID)
         self._sum: list[Any] = []
         self._client_ids: list[int] = []
-
-    @property
-    def config(self) -> AggregationConfig:
-        return self._config
-
-    @property
-    def context_id(self) -> bytes:
-        return self._context_id
-
-    @property
-    def holds_secret_key(self) -> bool:
-        """Always False: the constructor refuses private contexts."""
-        return bool(self._context.is_private() or self._context.has_secret_key())
 
     @property
     def count(self) -> int:
