@@ -57,9 +57,16 @@ def canary_audit(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> CanaryAuditResult:
-    """Audit central DP-FedAvg as configured by ``settings`` (Poisson sampling at ``sampling_rate``)."""
-    if settings.mode != "central":
-        raise AttackParameterError(f"the canary audit covers dp mode 'central', got {settings.mode!r}")
+    """Audit client-level DP as configured by ``settings`` (Poisson sampling at ``sampling_rate``).
+
+    ``settings.mode``: ``"central"`` (the real :class:`DPAggregator`: clip, Gaussian noise, ledger),
+    ``"distributed"`` (the real distributed-DP encoding: rotation, conditional rounding, discrete noise shares,
+    modular sum and decoding; the pairwise masks, which cancel exactly, are left out so that hundreds of
+    canary clients need no key agreement) or ``"none"`` (an exact sum of clipped updates, what plain averaging,
+    SecAgg and CKKS release; the accountant ε is then infinite and the bound is the design's ceiling).
+    """
+    if settings.mode not in ("central", "distributed", "none"):
+        raise AttackParameterError(f"the canary audit covers dp modes none, central and distributed, got {settings.mode!r}")
     if num_canaries < 10 or dim < 2:
         raise AttackParameterError("need num_canaries >= 10 and dim >= 2")
     if not 0 < guess_fraction <= 0.5:
@@ -68,10 +75,14 @@ def canary_audit(
     directions = rng.standard_normal((num_canaries, dim))
     directions /= np.linalg.norm(directions, axis=1, keepdims=True)
     included = rng.random(num_canaries) < 0.5
-    sampling = SamplingInfo("poisson", num_canaries, sampling_rate)
-    aggregator = DPAggregator(
-        WeightedMean("uniform"), settings, sampling, rounds=rounds, dim=dim, run_id=f"canary-audit-{seed}", seed=seed
-    )
+    # the population is the included canaries: the others never exist in the audited run
+    sampling = SamplingInfo("poisson", max(int(included.sum()), 1), sampling_rate)
+    aggregator: DPAggregator | None = None
+    if settings.mode != "none":
+        aggregator = DPAggregator(
+            WeightedMean("uniform"), settings, sampling, rounds=rounds, dim=dim, run_id=f"canary-audit-{seed}",
+            seed=seed, secagg_mode="sum",
+        )
     try:
         scores = np.zeros(num_canaries)
         for r in range(rounds):
@@ -79,11 +90,16 @@ def canary_audit(
             updates = [
                 ClientUpdate(int(i), (settings.clip * directions[i]).astype(np.float32), 1) for i in picked
             ]
-            released = aggregator.aggregate(updates, dim=dim, round_index=r)
-            scores += directions @ released.vector.astype(np.float64)
-        epsilon = aggregator.ledger.spent_epsilon()
+            if aggregator is not None:
+                released = aggregator.aggregate(updates, dim=dim, round_index=r).vector
+            else:
+                released = WeightedMean("uniform").aggregate(updates, dim=dim, round_index=r).vector
+            scores += directions @ released.astype(np.float64)
+        epsilon = aggregator.ledger.spent_epsilon() if aggregator is not None else float("inf")
+        noise_multiplier = aggregator.noise_multiplier if aggregator is not None else 0.0
     finally:
-        aggregator.close()
+        if aggregator is not None:
+            aggregator.close()
     k = max(1, int(guess_fraction * num_canaries))
     audit = one_run_audit(scores, included, settings.delta, confidence, k_positive=k, k_negative=k)
-    return CanaryAuditResult(audit.epsilon_lb, epsilon, aggregator.noise_multiplier, rounds, num_canaries, audit)
+    return CanaryAuditResult(audit.epsilon_lb, epsilon, noise_multiplier, rounds, num_canaries, audit)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fl.config import ExperimentConfig
-from fl.errors import FLError
+from fl.errors import ConfigError, FLError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,6 +27,15 @@ def _parser() -> argparse.ArgumentParser:
     budget = sub.add_parser("budget", help="plan the privacy budget of a config before running it")
     budget.add_argument("config", nargs="?")
     budget.add_argument("--points", type=int, default=10, help="rounds at which to print epsilon")
+    audit = sub.add_parser(
+        "audit", help="train under a grid of defences, attack each pipeline, report utility, epsilon and leakage"
+    )
+    audit.add_argument("config", nargs="?", help="audit TOML (default: built-in hospitals + digits grid)")
+    audit.add_argument("--out", default="runs/audit", help="output directory (default: %(default)s)")
+    audit.add_argument("--seeds", type=int, nargs="+", help="override audit.seeds")
+    audit.add_argument("--fresh", action="store_true", help="discard finished cells in --out and start again")
+    audit.add_argument("--no-progress", action="store_true", help="no progress bars")
+    audit.add_argument("--print-config", action="store_true", help="print the audit config as TOML and exit")
     show = sub.add_parser("show-config", help="print a config (default: the built-in one) as validated TOML")
     show.add_argument("config", nargs="?")
     return p
@@ -94,7 +103,8 @@ def _cmd_budget(args: argparse.Namespace) -> int:
             data = build_federated_data(config)
             outputs = data.num_classes if data.task == "classification" else 1
             dim = ParamLayout.from_module(
-                build_model(config.model.name, data.feature_shape, outputs, hidden=config.model.hidden)
+                build_model(config.model.name, data.feature_shape, outputs, hidden=config.model.hidden,
+                            activation=config.model.activation)
             ).size
 
             def factory(z: float) -> DistributedParams:
@@ -121,6 +131,39 @@ def _cmd_budget(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_audit(args: argparse.Namespace) -> int:
+    # The audit harness lives in `attacks` (it composes fl with the attacks); imported only for this command.
+    import dataclasses
+
+    import torch
+
+    from attacks.harness import default_audit_config, load_audit_config, run_audit
+
+    config = load_audit_config(args.config) if args.config else default_audit_config()
+    if args.seeds:
+        if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
+            raise ConfigError("--seeds", f"must be distinct integers >= 0, got {args.seeds}")
+        config = dataclasses.replace(config, seeds=tuple(args.seeds))
+    if args.print_config:
+        print(config.to_toml(), end="")
+        return 0
+    torch.set_num_threads(1)  # many small models one after another: extra intra-op threads only add overhead
+    out_dir = Path(args.out)
+    from attacks.metrics import AttackError
+
+    try:
+        results = run_audit(config, out_dir, progress=not args.no_progress, fresh=args.fresh)
+    except AttackError as exc:
+        print(f"fedshield: error: {exc}", file=sys.stderr)
+        return 2
+    for check in results["checks"]:
+        mark = {True: "PASS", False: "FAIL", None: "INFO"}[check["holds"]]
+        print(f"[{mark}] {check['task']}: {check['claim']} - {check['detail']}")
+    print(f"{len(results['cells'])} cells in {results['timing']['grid_wall_s']:.0f} s")
+    print(f"report: {out_dir / 'report.md'}  html: {out_dir / 'report.html'}  results: {out_dir / 'results.json'}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -128,6 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_run(args)
         if args.command == "budget":
             return _cmd_budget(args)
+        if args.command == "audit":
+            return _cmd_audit(args)
         if args.command == "show-config":
             print(_load(args.config).to_toml())
             return 0

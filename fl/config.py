@@ -49,6 +49,7 @@ class DataConfig:
 class ModelConfig:
     name: str = _opt("logreg", choices=_MODELS)
     hidden: tuple[int, ...] = _opt((32,))
+    activation: str = _opt("relu", choices=("relu", "sigmoid", "tanh"))  # mlp and cnn
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class ClientConfig:
     momentum: float = _opt(0.0, lo=0, hi=1, hi_open=True)
     weight_decay: float = _opt(0.0, lo=0)
     mu: float = _opt(0.0, lo=0)
+    clip_norm: float = _opt(0.0, lo=0)  # > 0: clip each update to this L2 norm before sending (no noise)
     dpsgd_noise_multiplier: float = _opt(0.0, lo=0)  # > 0: clients train with DP-SGD (sample-level DP)
     dpsgd_max_grad_norm: float = _opt(1.0, lo=0, lo_open=True)  # per-example gradient clip of DP-SGD
     dpsgd_delta: float = _opt(1e-5, lo=0, hi=1, lo_open=True, hi_open=True)
@@ -126,6 +128,15 @@ class CKKSConfig:
 
 
 @dataclass(frozen=True)
+class CompressionConfig:
+    """Client-side update compression, applied after DP clipping and before secure aggregation."""
+
+    method: str = _opt("none", choices=("none", "topk", "quantize"))
+    fraction: float = _opt(0.1, lo=0, hi=1, lo_open=True)  # topk: share of coordinates each client sends
+    levels: int = _opt(16, lo=2, hi=2**16)  # quantize: levels of the uniform quantiser on [-max|x|, max|x|]
+
+
+@dataclass(frozen=True)
 class DPConfig:
     """Client-level differential privacy (see fl/privacy.py)."""
 
@@ -154,6 +165,7 @@ _SECTIONS: dict[str, type] = {
     "run": RunConfig,
     "secagg": SecAggConfig,
     "ckks": CKKSConfig,
+    "compression": CompressionConfig,
     "dp": DPConfig,
 }
 
@@ -169,6 +181,7 @@ class ExperimentConfig:
     run: RunConfig = field(default_factory=RunConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
     ckks: CKKSConfig = field(default_factory=CKKSConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
     dp: DPConfig = field(default_factory=DPConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -287,6 +300,13 @@ def _cross_check(cfg: ExperimentConfig) -> None:
         raise ConfigError("server.strategy", "DP-SGD trains locally: use fedavg/fedprox/FedOpt, not fedsgd")
     if cfg.dp.mode != "none" and cfg.server.strategy == "fedsgd":
         raise ConfigError("server.strategy", "client-level DP clips model deltas: use fedavg/fedprox/FedOpt")
+    if cfg.client.clip_norm > 0 and cfg.dp.mode != "none":
+        raise ConfigError("client.clip_norm", "DP clips every update at dp.clip; set client.clip_norm = 0")
+    if cfg.compression.method == "quantize" and cfg.dp.mode != "none":
+        raise ConfigError("compression.method", "quantising after DP clipping can raise an update's norm above the "
+                          "clip (the sensitivity bound); with dp.mode set, allowed: none, topk")
+    if cfg.compression.method != "none" and cfg.dp.mode == "distributed":
+        raise ConfigError("compression.method", "distributed DP encodes the rotated update itself; allowed: none")
     if cfg.server.strategy == "fedprox" and cfg.client.mu <= 0:
         raise ConfigError("client.mu", "strategy 'fedprox' needs client.mu > 0")
 

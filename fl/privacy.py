@@ -213,6 +213,8 @@ class DPAggregator(Aggregator):
         seed: int | None = None,
         secagg_mode: str = "secagg",
     ) -> None:
+        """``secagg_mode`` ("secagg" | "secagg+") is the protocol of distributed mode; "sum" replaces it by
+        the modular sum it reveals, for audits only."""
         if settings.mode == "none":
             raise ConfigError("dp.mode", "DPAggregator needs a DP mode other than 'none'")
         self.inner = inner
@@ -366,6 +368,17 @@ class DPAggregator(Aggregator):
         if len({u.client_id for u in updates} | set(late_dropouts)) < 2 or not updates:
             return np.zeros(self.dim), 0, {"secagg_aborted": 1.0}
         inputs = {u.client_id: encode_client(u.delta, params, rotation, rng.spawn(u.client_id)) for u in updates}
+        if self.secagg_mode == "sum":
+            # Audit transport: the plain modular sum the protocol reveals (pairwise masks cancel exactly), so a
+            # canary audit of hundreds of clients need not run key agreement. Never used for training.
+            summed = np.zeros(params.padded_dim, dtype=np.uint64)
+            for v in inputs.values():
+                summed += v.astype(np.uint64)
+            summed &= np.uint64((1 << params.bits) - 1)
+            count = len(inputs)
+            return decode_sum(summed, params, rotation), count, {
+                "dp_noise_std": math.sqrt(count) * params.noise_std * params.gamma / self.sampling.expected_cohort,
+            }
         try:
             result = secure_round(inputs, params.bits, mode=self.secagg_mode,  # type: ignore[arg-type]
                                   late_dropouts=late_dropouts, round_id=round_index)

@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from dp.errors import BudgetExceededError
 from fl.aggregators import Aggregator, build_aggregator
 from fl.client import TrainConfig, evaluate, local_gradient, local_train
+from fl.compression import wrap_compression
 from fl.config import ExperimentConfig
 from fl.data import FederatedData, federate, load_dataset
 from fl.errors import CheckpointError
@@ -93,7 +95,8 @@ class Simulation:
         self.task = self.data.task
         num_outputs = self.data.num_classes if self.task == "classification" else 1
         self.model = build_model(
-            config.model.name, self.data.feature_shape, num_outputs, hidden=config.model.hidden, seed=config.run.seed
+            config.model.name, self.data.feature_shape, num_outputs, hidden=config.model.hidden, seed=config.run.seed,
+            activation=config.model.activation,
         )
         self.layout = ParamLayout.from_module(self.model)
         self.initial_weights = self.layout.flatten(self.model)
@@ -115,7 +118,7 @@ class Simulation:
         per_round = config.sampling.clients_per_round or num_clients
         self.sampler = Sampler(config.sampling.method, per_round, config.sampling.rate)  # type: ignore[arg-type]
         dp_on = config.dp.mode != "none"
-        self.aggregator = aggregator if aggregator is not None else build_aggregator(
+        self.aggregator = aggregator if aggregator is not None else wrap_compression(build_aggregator(
             config.run.aggregation,
             # client-level DP bounds each client's contribution: every client weighs the same
             weighting="uniform" if dp_on else s.weighting,  # type: ignore[arg-type]
@@ -123,7 +126,11 @@ class Simulation:
             ckks=self._ckks_settings(),
             num_clients=num_clients,
             seed=config.run.seed,
-        )
+        ), config.compression.method, fraction=config.compression.fraction, levels=config.compression.levels)
+        if aggregator is None and c.clip_norm > 0:
+            from fl.compression import Clip
+
+            self.aggregator = Clip(self.aggregator, c.clip_norm)
         if dp_on and aggregator is None:
             self.aggregator = self._dp_aggregator(self.aggregator)
         self.dpsgd: SampleLevelAccountant | None = None
@@ -218,8 +225,9 @@ class Simulation:
             "upload_bytes_per_client": float(4 * self.layout.size),
         }
         metrics.update({k: float(v) for k, v in aggregate.metrics.items()})
-        for key in ("secagg_upload_bytes_per_client", "ckks_upload_bytes_per_client"):
-            if key in metrics:  # what a client really sends under the protocol
+        for key in ("compressed_upload_bytes_per_client", "secagg_upload_bytes_per_client",
+                    "ckks_upload_bytes_per_client"):
+            if key in metrics:  # what a client really sends (a masked or encrypted vector is dense again)
                 metrics["upload_bytes_per_client"] = metrics[key]
         if self.dpsgd is not None:
             metrics.update(self.dpsgd.summary())  # sample-level ε per client (DP-SGD), worst and mean
@@ -257,7 +265,7 @@ class Simulation:
         model = build_model(
             self.config.model.name, self.data.feature_shape,
             self.data.num_classes if self.task == "classification" else 1,
-            hidden=self.config.model.hidden, seed=self.config.run.seed,
+            hidden=self.config.model.hidden, seed=self.config.run.seed, activation=self.config.model.activation,
         )
         x, y = self.data.pooled_train()
         cfg = TrainConfig(
@@ -302,7 +310,13 @@ class Simulation:
                 if getattr(self.aggregator, "would_exceed", None) is not None and self.aggregator.would_exceed():  # type: ignore[attr-defined]
                     budget_stop = r  # the next release would overspend the privacy budget: stop here
                     break
-                weights, result = self.run_round(r, weights, optimizer)
+                try:
+                    weights, result = self.run_round(r, weights, optimizer)
+                except BudgetExceededError:
+                    # Distributed DP prices a round at its actual survivors: a small cohort can cost more than
+                    # planned. The ledger refused the release (nothing was applied or written): stop here.
+                    budget_stop = r
+                    break
                 history.append(result)
                 if on_round is not None:
                     on_round(result)

@@ -94,6 +94,23 @@ def test_distributed_epsilon_uses_actual_survivors() -> None:
     assert acc.get_epsilon(1e-5) == pytest.approx(out.history[-1].metrics["dp_epsilon"])
 
 
+def test_a_round_that_would_overspend_stops_the_run_instead_of_crashing(tmp_path: Path) -> None:
+    # Distributed DP is calibrated for the expected cohort but priced at the actual survivors: with 30 clients
+    # at q = 0.5 a small cohort costs more than planned, and the ledger refuses the release that overspends.
+    cfg = default_config().replace(
+        data={"num_clients": 30, "partition": "iid"}, sampling={"method": "poisson", "rate": 0.5},
+        run={"rounds": 3, "aggregation": "secagg+", "centralized_baseline": False},
+        dp={"mode": "distributed", "accountant": "rdp", "target_epsilon": 8.0, "clip": 0.3},
+    )
+    out = Simulation(cfg, out_dir=tmp_path, progress=False).run()
+    assert out.timing["stopped_by_privacy_budget_at_round"] == len(out.history) < 3
+    spent = out.history[-1].metrics["dp_epsilon"]
+    assert spent <= 8.0
+    ledger = [json.loads(line) for line in (tmp_path / "privacy_ledger.jsonl").read_text().splitlines()]
+    releases = [rec for rec in ledger if "seq" in rec]  # the first line is the ledger's header
+    assert len(releases) == len(out.history)  # the refused round left no trace and changed no weights
+
+
 @pytest.mark.parametrize(
     ("dp", "run", "key"),
     [

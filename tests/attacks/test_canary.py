@@ -32,6 +32,22 @@ def test_noise_ten_times_smaller_than_claimed_is_flagged(monkeypatch: pytest.Mon
     assert result.flagged and result.epsilon_lower_bound > 2 * result.accountant_epsilon
 
 
+def test_without_noise_the_canaries_are_found_and_the_bound_hits_the_design_ceiling() -> None:
+    result = canary_audit(DPSettings(mode="none", clip=1.0), sampling_rate=0.5, rounds=5, num_canaries=400, dim=4000)
+    assert result.accountant_epsilon == float("inf") and result.noise_multiplier == 0.0
+    # every guess right: canaries in 4000 dimensions barely interfere, and nothing else hides them
+    assert result.audit.guesses_correct == result.audit.guesses_made == 80
+    assert result.epsilon_lower_bound > 1.5
+
+
+def test_distributed_mechanism_audit_stays_below_its_accountant_epsilon() -> None:
+    settings = DPSettings(mode="distributed", target_epsilon=2.0, clip=1.0, accountant="rdp")
+    result = canary_audit(settings, sampling_rate=0.5, rounds=10, num_canaries=400, dim=100, seed=2)
+    assert 1.0 < result.accountant_epsilon <= 2.5  # priced at the actual number of canaries each round
+    assert result.epsilon_lower_bound <= result.accountant_epsilon and not result.flagged
+    assert result.audit.guesses_correct > result.audit.guesses_made / 2
+
+
 def test_rejects_other_modes_and_bad_sizes() -> None:
     with pytest.raises(AttackParameterError, match="central"):
         canary_audit(DPSettings(mode="local"), sampling_rate=0.5, rounds=2)
