@@ -21,7 +21,10 @@ A *cell* is (task, defence, seed). Each cell
    of the logit-scaled confidence between the model the server sent and the one it observes, i.e. calibrated
    by the pre-round model, which removes the per-example difficulty); the strongest is reported.
 
-Everything random is a function of the seed, so a rerun reproduces every figure except timings; each finished
+Everything random is a function of the seed, so a rerun reproduces every figure except timings, with one
+exception by design: CKKS encryption draws fresh randomness inside SEAL (it cannot be seeded, and must not be
+reused), so CKKS cells agree across reruns only to the encryption noise (losses to ~1e-6 relative, MIA scores
+up to the order of near-ties; accuracies and the audit are unaffected). Each finished
 cell is written to ``cells/`` at once, and an interrupted grid resumes from there (a cell interrupted during
 training resumes from its own checkpoint).
 """

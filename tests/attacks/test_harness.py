@@ -97,6 +97,20 @@ def test_rerun_reproduces_every_figure_but_timings(tiny_run: tuple[Path, dict], 
     assert "cost" in first["cells"][0] and "timing" in first
 
 
+def test_ckks_cells_agree_across_reruns_up_to_fresh_encryption_noise(tmp_path: Path) -> None:
+    full = default_audit_config()
+    task = TaskSpec("hospitals", full.tasks[0].config.replace(run={"rounds": 3, "eval_every": 3},
+                                                              data={"num_clients": 30}))
+    cfg = AuditConfig((task,), tuple(d for d in full.defences if d.name == "CKKS"), (0,),
+                      dataclasses.replace(FAST_ATTACKS, inversion=False))
+    first, second = (run_audit(cfg, tmp_path / name, progress=False)["cells"][0] for name in ("a", "b"))
+    assert first["utility"]["test_accuracy"] == second["utility"]["test_accuracy"]
+    assert first["utility"]["test_loss"] == pytest.approx(second["utility"]["test_loss"], rel=1e-4)
+    assert first["audit"] == second["audit"]
+    for view in ("aggregate",):
+        assert first["membership"][view]["auc"] == pytest.approx(second["membership"][view]["auc"], abs=0.01)
+
+
 def test_interrupted_grid_resumes_from_finished_cells(tiny_run: tuple[Path, dict], tmp_path: Path,  # type: ignore[type-arg]
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     src, first = tiny_run
