@@ -56,9 +56,8 @@ from attacks.inversion import (
     attack,
     observe_update,
 )
-from attacks.metrics import AttackParameterError, MembershipReport, label_accuracy, roc_curve, ssim
-from fl.aggregators import Aggregator, build_aggregator
-from fl.compression import wrap_compression
+from attacks.metrics import AttackParameterError, MembershipReport, label_accuracy, psnr, roc_curve, ssim
+from fl.aggregators import Aggregator
 from fl.config import ExperimentConfig, config_from_dict, default_config
 from fl.errors import ConfigError
 from fl.simulation import RunOutput, Simulation
@@ -365,41 +364,26 @@ def _noise_multiplier(sim: Simulation) -> float | None:
 
 
 def _probe_aggregator(sim: Simulation, z: float | None) -> Aggregator:
-    """A fresh aggregator of the cell's kind for one probe round, with the trained noise multiplier and a
-    throw-away ledger (the probe round is an attack experiment, not a release of the training run)."""
-    cfg = sim.config
-    inner = wrap_compression(
-        build_aggregator(cfg.run.aggregation, weighting="uniform" if cfg.dp.mode != "none" else cfg.server.weighting,  # type: ignore[arg-type]
-                         secagg=sim._secagg_settings(), ckks=sim._ckks_settings(), num_clients=sim.num_clients,
-                         seed=cfg.run.seed + 0x9E),
-        cfg.compression.method, fraction=cfg.compression.fraction, levels=cfg.compression.levels,
-    )
-    if cfg.client.clip_norm > 0 and cfg.dp.mode == "none":
-        from fl.compression import Clip
+    """A fresh aggregator of the cell's kind for the probe rounds, with the trained noise multiplier and a
+    throw-away ledger (the probe rounds are an attack experiment, not releases of the training run)."""
+    dp_settings = None
+    if sim.config.dp.mode != "none":
+        from fl.privacy import DPSettings
 
-        inner = Clip(inner, cfg.client.clip_norm)
-    if cfg.dp.mode == "none":
-        return inner
-    from fl.privacy import DPAggregator, DPSettings, SamplingInfo
-
-    settings = dataclasses.replace(DPSettings.from_config(cfg.dp), noise_multiplier=z or 0.0, epsilon_budget=1e12)
-    return DPAggregator(
-        inner, settings, SamplingInfo.from_config(cfg), rounds=1, dim=sim.layout.size, run_id="probe",
-        seed=cfg.run.seed + 0x9E,
-        secagg_mode=cfg.run.aggregation if cfg.run.aggregation.startswith("secagg") else "secagg",
-    )
+        dp_settings = dataclasses.replace(DPSettings.from_config(sim.config.dp), noise_multiplier=z or 0.0,
+                                          epsilon_budget=1e12)
+    return sim.make_aggregator(seed=sim.config.run.seed + 0x9E, dp_settings=dp_settings, rounds=1, run_id="probe")
 
 
 def _client_view(delta: np.ndarray, views: Mapping[str, Any], config: ExperimentConfig,
                  z: float | None, seed: int) -> np.ndarray:
     """One client's update as it leaves the client (before any secure aggregation)."""
+    from dp.mechanisms import clip_l2
     from fl.compression import quantize_levels, topk_sparsify
 
     out = delta.astype(np.float32)
     if views["clip"] is not None:
-        norm = float(np.linalg.norm(out.astype(np.float64)))
-        if norm > views["clip"]:
-            out = (out * np.float32(views["clip"] / norm)).astype(np.float32)
+        out = clip_l2(out, views["clip"])[0].astype(np.float32)  # what fl.compression.Clip and DPAggregator do
     if config.dp.mode == "local" and z:
         rng = np.random.default_rng(seed)  # attack experiment only: the training run draws from CryptoRNG
         out = (out + rng.normal(0.0, z * views["clip"], out.size)).astype(np.float32)
@@ -444,7 +428,7 @@ def _inversion_probe(sim: Simulation, z: float | None, settings: AttackSettings,
     out: dict[str, Any] = {"clients": m, "batch": b, "truth": _images(truth), "truth_labels": labels.tolist()}
     # the attacker's best data-independent guess (the mean training image): the floor of every PSNR below
     prior = np.concatenate([c.x_train for c in data.clients]).mean(axis=0, keepdims=True)
-    out["prior_psnr"] = _round(float(np.mean(_psnr_rows(np.repeat(prior, len(truth), 0), truth))), 4)
+    out["prior_psnr"] = _round(float(np.mean(psnr(np.repeat(prior, len(truth), 0), truth, 1.0))), 4)
     # client view
     if views["client_observable"]:
         obs = compress(clipped[0], 0)
@@ -477,11 +461,6 @@ def _inversion_probe(sim: Simulation, z: float | None, settings: AttackSettings,
 
 def _images(x: np.ndarray) -> list[list[float]]:
     return [[round(float(v), 4) for v in row] for row in np.asarray(x, dtype=np.float64).reshape(len(x), -1)]
-
-
-def _psnr_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    mse = ((a.reshape(len(a), -1) - b.reshape(len(b), -1)) ** 2).mean(axis=1)
-    return 10 * np.log10(1.0 / np.maximum(mse, 1e-20))
 
 
 def _score_inversion(res: InversionResult, truth: np.ndarray, labels: np.ndarray) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from dp.mechanisms import clip_l2
 from fl.aggregators import Aggregator, UpdateTransform
 from fl.errors import ConfigError
 from fl.types import Aggregate, ClientUpdate
@@ -64,11 +65,10 @@ class Clip(UpdateTransform):
         self.bound = float(bound)
 
     def transform(self, update: ClientUpdate, *, round_index: int) -> ClientUpdate:
-        norm = float(np.linalg.norm(update.delta.astype(np.float64)))
+        clipped, norm = clip_l2(update.delta, self.bound)  # the DP aggregator's clipping, without the noise
         if norm <= self.bound:
             return update
-        return ClientUpdate(update.client_id, (update.delta * np.float32(self.bound / norm)).astype(np.float32),
-                            update.num_examples, update.metrics)
+        return ClientUpdate(update.client_id, clipped.astype(np.float32), update.num_examples, update.metrics)
 
 
 class _Compressor(UpdateTransform):

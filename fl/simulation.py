@@ -34,6 +34,7 @@ from fl.types import ClientUpdate, RoundPlan, RoundResult
 if TYPE_CHECKING:
     from fl.dpsgd import SampleLevelAccountant
     from fl.he import CKKSSettings
+    from fl.privacy import DPSettings
     from fl.secure import SecAggSettings
 
 CHECKPOINT = "checkpoint.npz"
@@ -117,22 +118,8 @@ class Simulation:
         num_clients = len(self.data.clients)
         per_round = config.sampling.clients_per_round or num_clients
         self.sampler = Sampler(config.sampling.method, per_round, config.sampling.rate)  # type: ignore[arg-type]
-        dp_on = config.dp.mode != "none"
-        self.aggregator = aggregator if aggregator is not None else wrap_compression(build_aggregator(
-            config.run.aggregation,
-            # client-level DP bounds each client's contribution: every client weighs the same
-            weighting="uniform" if dp_on else s.weighting,  # type: ignore[arg-type]
-            secagg=self._secagg_settings(),
-            ckks=self._ckks_settings(),
-            num_clients=num_clients,
-            seed=config.run.seed,
-        ), config.compression.method, fraction=config.compression.fraction, levels=config.compression.levels)
-        if aggregator is None and c.clip_norm > 0:
-            from fl.compression import Clip
-
-            self.aggregator = Clip(self.aggregator, c.clip_norm)
-        if dp_on and aggregator is None:
-            self.aggregator = self._dp_aggregator(self.aggregator)
+        self.num_clients = num_clients
+        self.aggregator = aggregator if aggregator is not None else self.make_aggregator()
         self.dpsgd: SampleLevelAccountant | None = None
         if c.dpsgd_noise_multiplier > 0:
             from fl.dpsgd import DPSGDConfig, SampleLevelAccountant
@@ -141,20 +128,44 @@ class Simulation:
                 DPSGDConfig(c.dpsgd_noise_multiplier, c.dpsgd_max_grad_norm, c.dpsgd_delta, c.dpsgd_accountant)
             )
         self.dropout = Dropout(config.dropout.rate, config.dropout.phase)  # type: ignore[arg-type]
-        self.num_clients = num_clients
 
-    def _dp_aggregator(self, inner: Aggregator) -> Aggregator:
+    def make_aggregator(
+        self, *, seed: int | None = None, dp_settings: DPSettings | None = None, rounds: int | None = None,
+        run_id: str | None = None, ledger_path: Path | None = None,
+    ) -> Aggregator:
+        """The aggregator the config describes: ``[DP ∘] [clip ∘] [compression ∘] plain | SecAgg | CKKS``.
+
+        Every argument defaults to the training run's own (its seed, the ``[dp]`` section, ``run.rounds``, its
+        ledger in ``out_dir``); the audit builds probe aggregators of the same kind with other values.
+        """
+        config, c = self.config, self.config.client
+        seed = config.run.seed if seed is None else seed
+        dp_on = config.dp.mode != "none"
+        aggregator: Aggregator = wrap_compression(build_aggregator(
+            config.run.aggregation,
+            # client-level DP bounds each client's contribution: every client weighs the same
+            weighting="uniform" if dp_on else config.server.weighting,  # type: ignore[arg-type]
+            secagg=self._secagg_settings(),
+            ckks=self._ckks_settings(),
+            num_clients=self.num_clients,
+            seed=seed,
+        ), config.compression.method, fraction=config.compression.fraction, levels=config.compression.levels)
+        if c.clip_norm > 0:
+            from fl.compression import Clip
+
+            aggregator = Clip(aggregator, c.clip_norm)  # the config refuses clip_norm together with DP
+        if not dp_on:
+            return aggregator
         from fl.privacy import DPAggregator, DPSettings, SamplingInfo
 
-        settings = DPSettings.from_config(self.config.dp)
-        sampling = SamplingInfo.from_config(self.config)
-        ledger = self.out_dir / "privacy_ledger.jsonl" if self.out_dir is not None else None
-        if ledger is not None:
-            self.out_dir.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
+        if ledger_path is None and run_id is None and self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            ledger_path = self.out_dir / "privacy_ledger.jsonl"
         return DPAggregator(
-            inner, settings, sampling, rounds=self.config.run.rounds, dim=self.layout.size, ledger_path=ledger,
-            run_id=config_hash(self.config), seed=self.config.run.seed,
-            secagg_mode=self.config.run.aggregation if self.config.run.aggregation.startswith("secagg") else "secagg",
+            aggregator, dp_settings or DPSettings.from_config(config.dp), SamplingInfo.from_config(config),
+            rounds=config.run.rounds if rounds is None else rounds, dim=self.layout.size, ledger_path=ledger_path,
+            run_id=config_hash(config) if run_id is None else run_id, seed=seed,
+            secagg_mode=config.run.aggregation if config.run.aggregation.startswith("secagg") else "secagg",
         )
 
     def _max_weight(self, configured: float) -> float:
