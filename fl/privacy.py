@@ -302,33 +302,61 @@ class DPAggregator(Aggregator):
         self, updates: Sequence[ClientUpdate], *, dim: int, round_index: int, late_dropouts: Sequence[int] = ()
     ) -> Aggregate:
         check_updates(updates, dim)
+        self._refuse_if_over_budget(round_index)
+        clip = self.current_clip
+        norms = [float(np.linalg.norm(u.delta)) for u in updates]
+        metrics = {"dp_clipped_fraction": float(np.mean([n > clip for n in norms])) if norms else 0.0}
+        if self.settings.mode == "distributed":
+            total, count, extra = self._distributed_sum(updates, round_index, late_dropouts)
+        else:
+            total, count, extra = self._clipped_sum(updates, clip, round_index, late_dropouts)
+        metrics.update(extra)
+        released = self._release(total, count, round_index, metrics)
+        if self.adaptive is not None:
+            self.adaptive.update(norms, max(self.sampling.expected_cohort, 1.0), self._rng.spawn(round_index, 1))
+        return released
+
+    def release_sum(self, total: np.ndarray, count: int, *, round_index: int) -> Aggregate:
+        """Release a sum that was computed elsewhere, e.g. revealed by a host stack's secure aggregation.
+
+        ``total`` is the sum of what ``count`` clients sent: their clipped updates (mode ``central``: the
+        server's Gaussian noise is added here), their locally noised updates (``local``) or the decoded sum of
+        their distributed-DP encodings (``distributed``: already noised). Budget check, pricing, ledger and
+        denominator are those of :meth:`aggregate`.
+        """
+        if self.adaptive is not None:
+            raise ConfigError("dp.adaptive_clipping", "adaptive clipping needs the clients' norms: use aggregate()")
+        total = np.asarray(total, dtype=np.float64)
+        if total.shape != (self.dim,) or not np.isfinite(total).all():
+            raise DPParameterError(f"the released sum must be a finite vector of shape ({self.dim},)")
+        self._refuse_if_over_budget(round_index)
+        return self._release(total, int(count), round_index, {})
+
+    def _refuse_if_over_budget(self, round_index: int) -> None:
         if self.would_exceed():
             raise BudgetExceededError(
                 f"round {round_index} would exceed the privacy budget epsilon={self.settings.budget} "
                 f"(spent {self.ledger.spent_epsilon():.4f}); the round is not released"
             )
-        clip = self.current_clip
-        norms = [float(np.linalg.norm(u.delta)) for u in updates]
-        metrics: dict[str, float] = {
-            "dp_clip": clip,
-            "dp_noise_multiplier": self.noise_multiplier,
-            "dp_clipped_fraction": float(np.mean([n > clip for n in norms])) if norms else 0.0,
-        }
+
+    def _release(self, total: np.ndarray, count: int, round_index: int, metrics: dict[str, float]) -> Aggregate:
+        metrics = {"dp_clip": self.current_clip, "dp_noise_multiplier": self.noise_multiplier, **metrics}
+        expected = self.sampling.expected_cohort
         if self.settings.mode == "distributed":
-            total, count, extra = self._distributed_sum(updates, round_index, late_dropouts)
-            metrics.update(extra)
-            event = round_event(self.settings, self.sampling, self.noise_multiplier, self.distributed, count)
+            params = self.distributed
+            assert params is not None
+            metrics["dp_noise_std"] = math.sqrt(count) * params.noise_std * params.gamma / expected
+            event = round_event(self.settings, self.sampling, self.noise_multiplier, params, count)
         else:
-            total, count, extra = self._clipped_sum(updates, clip, round_index, late_dropouts)
-            metrics.update(extra)
+            if self.settings.mode == "central":
+                mech = CentralGaussian(self.current_clip, self.noise_multiplier, 1.0)
+                total = mech.release(total, self._rng.spawn(round_index).spawn(0xC0))
+                metrics["dp_noise_std"] = mech.noise_std / expected
             event = round_event(self.settings, self.sampling, self._accounted_z())
-        epsilon = self._record(round_index, event)
-        metrics["dp_epsilon"] = epsilon
-        denominator = self.sampling.expected_cohort if self.settings.mode != "local" else max(count, 1)
-        if self.adaptive is not None:
-            self.adaptive.update(norms, max(self.sampling.expected_cohort, 1.0), self._rng.spawn(round_index, 1))
+        metrics["dp_epsilon"] = self._record(round_index, event)
+        denominator = expected if self.settings.mode != "local" else max(count, 1)
         if count == 0:
-            return Aggregate(np.zeros(dim, np.float32), 0.0, 0, metrics)
+            return Aggregate(np.zeros(self.dim, np.float32), 0.0, 0, metrics)
         return Aggregate((total / denominator).astype(np.float32), float(count), count, metrics)
 
     def _clipped_sum(
@@ -345,14 +373,8 @@ class DPAggregator(Aggregator):
                 clipped, _ = clip_l2(u.delta, clip)
                 prepared.append(ClientUpdate(u.client_id, clipped.astype(np.float32), 1))
         inner = self.inner.aggregate(prepared, dim=self.dim, round_index=round_index, late_dropouts=late_dropouts)
-        extra = {k: float(v) for k, v in inner.metrics.items()}
-        count = inner.num_clients
         total = inner.vector.astype(np.float64) * inner.total_weight  # uniform weights: mean × count = sum
-        if s.mode == "central":
-            mech = CentralGaussian(clip, self.noise_multiplier, 1.0)
-            total = mech.release(total, rng.spawn(0xC0))
-            extra["dp_noise_std"] = mech.noise_std / self.sampling.expected_cohort
-        return total, count, extra
+        return total, inner.num_clients, {k: float(v) for k, v in inner.metrics.items()}
 
     def _distributed_sum(
         self, updates: Sequence[ClientUpdate], round_index: int, late_dropouts: Sequence[int]
@@ -375,10 +397,7 @@ class DPAggregator(Aggregator):
             for v in inputs.values():
                 summed += v.astype(np.uint64)
             summed &= np.uint64((1 << params.bits) - 1)
-            count = len(inputs)
-            return decode_sum(summed, params, rotation), count, {
-                "dp_noise_std": math.sqrt(count) * params.noise_std * params.gamma / self.sampling.expected_cohort,
-            }
+            return decode_sum(summed, params, rotation), len(inputs), {}
         try:
             result = secure_round(inputs, params.bits, mode=self.secagg_mode,  # type: ignore[arg-type]
                                   late_dropouts=late_dropouts, round_id=round_index)
@@ -391,6 +410,4 @@ class DPAggregator(Aggregator):
             "secagg_upload_bytes_per_client": stats.mean_upload_bytes(),
             "secagg_client_time_s": stats.mean_client_seconds(),
             "secagg_server_time_s": stats.server_seconds,
-            "dp_noise_std": math.sqrt(len(result.survivors)) * params.noise_std * params.gamma
-            / self.sampling.expected_cohort,
         }

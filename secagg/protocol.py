@@ -34,7 +34,7 @@ import enum
 import secrets
 import struct
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
 import numpy as np
@@ -67,7 +67,14 @@ from secagg.messages import (
     UnmaskResponse,
 )
 from secagg.prg import expand_mask, mask_dtype
-from secagg.shamir import SHARE_BYTES, reconstruct_many_robust, share_from_bytes, share_to_bytes, split_many
+from secagg.shamir import (
+    FIELD_BYTES,
+    SHARE_BYTES,
+    reconstruct_many_robust,
+    share_from_bytes,
+    share_to_bytes,
+    split_many,
+)
 
 __all__ = ["AggregationResult", "ClientSession", "ClientState", "ProtocolConfig", "ServerPhase", "ServerSession"]
 
@@ -230,6 +237,45 @@ class _ClientSecrets:
         return "_ClientSecrets(<hidden>)"
 
 
+# -- client session persistence (ClientSession.to_bytes / from_bytes) -----------------------------------------
+_SNAPSHOT_MAGIC: Final = b"FSFS\x01"
+_SESSION_FIELDS: Final = frozenset(
+    {"config", "client_id", "state", "_identity", "_secrets", "_input", "_directory", "_u2_view", "_signed_survivors"}
+)
+_SECRET_FIELDS: Final = frozenset({"enc", "mask", "self_seed", "own_shares", "enc_keys", "received"})
+_PERSISTED_STATES: Final = (ClientState.WAIT_KEYS, ClientState.WAIT_SHARES, ClientState.WAIT_UNMASK)
+
+
+def _check_session_shape(session: ClientSession) -> None:
+    # the format covers exactly these fields: a new field must be added to it, never silently dropped
+    if set(vars(session)) != _SESSION_FIELDS or {f.name for f in fields(_ClientSecrets)} != _SECRET_FIELDS:
+        raise LocalProtocolError("ClientSession has fields its persistence format does not cover")
+
+
+class _SnapshotReader:
+    def __init__(self, data: bytes) -> None:
+        if not isinstance(data, bytes):
+            raise LocalProtocolError(f"a persisted session must be bytes, got {type(data).__name__}")
+        self.data, self.pos = data, 0
+
+    def take(self, n: int) -> bytes:
+        if self.pos + n > len(self.data):
+            raise LocalProtocolError("the persisted secure-aggregation session is truncated")
+        out = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def unpack(self, fmt: str) -> tuple[int, ...]:
+        return tuple(struct.unpack(fmt, self.take(struct.calcsize(fmt))))
+
+    def field(self) -> int:
+        return int.from_bytes(self.take(FIELD_BYTES), "big")
+
+    def blob(self) -> bytes:
+        (n,) = self.unpack(">H")
+        return self.take(n)
+
+
 class ClientSession:
     """One client's side of one aggregation round."""
 
@@ -271,6 +317,83 @@ class ClientSession:
             self._input = self.config.check_vector(vector, "input").copy()
         except EncodingError as exc:
             raise self._fail(exc) from None
+
+    # ---- persistence between exchanges
+    def to_bytes(self) -> bytes:
+        """The session between two exchanges, for a host that handles each message in a fresh worker or process
+        (a Flower ClientApp keeps it in ``context.state``, as Flower's own SecAgg+ mod keeps its keys).
+
+        The bytes hold this client's private keys and shares: store them like a private key, and delete them when
+        the round ends. Only the passive protocol in the states between exchanges (waiting for keys, shares or
+        the unmask request, input not yet set) can be persisted; anything else raises
+        :class:`~secagg.errors.LocalProtocolError`. The format is versioned and exact.
+        """
+        _check_session_shape(self)
+        if self.state not in _PERSISTED_STATES or self._identity is not None or self._input is not None:
+            raise LocalProtocolError(f"cannot persist a session in state {self.state.value} between exchanges")
+        sec = self._secrets
+        parts = [
+            _SNAPSHOT_MAGIC,
+            struct.pack(">BIQ", _PERSISTED_STATES.index(self.state), self.client_id, self.config.round_id),
+            sec.enc.private_bytes(),
+            sec.mask.private_bytes(),
+            struct.pack(">B", len(sec.self_seed)),
+            sec.self_seed,
+            sec.own_shares[0].to_bytes(FIELD_BYTES, "big"),
+            sec.own_shares[1].to_bytes(FIELD_BYTES, "big"),
+            struct.pack(">I", len(sec.enc_keys)),
+        ]
+        for v, key in sorted(sec.enc_keys.items()):
+            parts += [struct.pack(">IH", v, len(key)), key]
+        parts.append(struct.pack(">I", len(sec.received)))
+        for v, (a, b) in sorted(sec.received.items()):
+            parts += [struct.pack(">I", v), a.to_bytes(FIELD_BYTES, "big"), b.to_bytes(FIELD_BYTES, "big")]
+        parts.append(struct.pack(">I", len(self._directory)))
+        for v, entry in sorted(self._directory.items()):
+            parts.append(struct.pack(">I", v))
+            for blob in (entry.enc_public, entry.mask_public, entry.signature):
+                parts += [struct.pack(">H", len(blob)), blob]
+        parts.append(struct.pack(f">I{len(self._u2_view)}I", len(self._u2_view), *self._u2_view))
+        return b"".join(parts)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, config: ProtocolConfig) -> ClientSession:
+        """Rebuild a session saved by :meth:`to_bytes` (``config``: the round's protocol config, re-derived)."""
+        r = _SnapshotReader(data)
+        if r.take(len(_SNAPSHOT_MAGIC)) != _SNAPSHOT_MAGIC:
+            raise LocalProtocolError("the persisted secure-aggregation session has an unknown format")
+        state_index, client_id, round_id = r.unpack(">BIQ")
+        if state_index >= len(_PERSISTED_STATES) or round_id != config.round_id:
+            raise LocalProtocolError("the persisted secure-aggregation session does not belong to this round")
+        secrets_ = _ClientSecrets(KeyPair.from_private_bytes(r.take(32)), KeyPair.from_private_bytes(r.take(32)))
+        (seed_len,) = r.unpack(">B")
+        secrets_.self_seed = r.take(seed_len)
+        secrets_.own_shares = (r.field(), r.field())
+        (count,) = r.unpack(">I")
+        for _ in range(count):
+            v, n = r.unpack(">IH")
+            secrets_.enc_keys[v] = r.take(n)
+        (count,) = r.unpack(">I")
+        for _ in range(count):
+            (v,) = r.unpack(">I")
+            secrets_.received[v] = (r.field(), r.field())
+        directory: dict[int, KeyEntry] = {}
+        (count,) = r.unpack(">I")
+        for _ in range(count):
+            (v,) = r.unpack(">I")
+            directory[v] = KeyEntry(v, r.blob(), r.blob(), r.blob())
+        (count,) = r.unpack(">I")
+        u2_view = r.unpack(f">{count}I")
+        if r.pos != len(data):
+            raise LocalProtocolError("the persisted secure-aggregation session has trailing bytes")
+        if client_id not in config.client_ids:
+            raise LocalProtocolError("the persisted secure-aggregation session names a client outside this round")
+        session = cls.__new__(cls)
+        session.config, session.client_id, session.state = config, client_id, _PERSISTED_STATES[state_index]
+        session._identity, session._secrets, session._input = None, secrets_, None
+        session._directory, session._u2_view, session._signed_survivors = directory, tuple(u2_view), None
+        _check_session_shape(session)
+        return session
 
     def receive(self, message: ServerMessage) -> list[ClientMessage]:
         """Feed one message from the server; returns the messages to send back."""

@@ -396,3 +396,45 @@ def test_no_secret_reaches_reprs_or_error_texts_during_a_round() -> None:
     for text in texts:
         for h in secrets_hex:
             assert h[:16] not in text
+
+
+def test_sessions_saved_and_restored_between_every_exchange_give_the_exact_sum() -> None:
+    # A host that handles each message in a fresh process (a Flower ClientApp) keeps only these bytes.
+    config = _config(6, 4)
+    server = ServerSession(config)
+    inputs = _inputs(config)
+    saved: dict[int, bytes] = {}
+    for u in config.client_ids:
+        session = ClientSession(config, u)
+        server.receive(session.start())
+        saved[u] = session.to_bytes()
+    while server.phase is not ServerPhase.DONE:
+        for msg in server.close_phase():
+            session = ClientSession.from_bytes(saved[msg.receiver], config)
+            if session.state is ClientState.WAIT_SHARES:
+                session.set_input(inputs[msg.receiver])
+            for reply in session.receive(msg):
+                server.receive(reply)
+            if session.state is not ClientState.DONE:
+                saved[msg.receiver] = session.to_bytes()
+    assert server.result is not None
+    np.testing.assert_array_equal(server.result.vector, _expected(config, inputs, tuple(config.client_ids)))
+    assert "FSFS" not in repr(ClientSession.from_bytes(saved[1], config))
+
+
+def test_saved_sessions_are_checked_before_use() -> None:
+    config = _config(5, 3)
+    session = ClientSession(config, 5)
+    session.start()
+    data = session.to_bytes()
+    for bad, match in [(data[:-1], "truncated"), (data + b"\0", "trailing"), (b"XXXX" + data[4:], "format"),
+                       (bytearray(data), "must be bytes")]:
+        with pytest.raises(LocalProtocolError, match=match):
+            ClientSession.from_bytes(bad, config)  # type: ignore[arg-type]
+    with pytest.raises(LocalProtocolError, match="does not belong to this round"):
+        ClientSession.from_bytes(data, _config(5, 3, round_id=8))
+    with pytest.raises(LocalProtocolError, match="outside this round"):
+        ClientSession.from_bytes(data, _config(4, 3))
+    idle = ClientSession(config, 3)
+    with pytest.raises(LocalProtocolError, match="cannot persist"):
+        idle.to_bytes()
