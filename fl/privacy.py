@@ -376,6 +376,10 @@ class DPAggregator(Aggregator):
         total = inner.vector.astype(np.float64) * inner.total_weight  # uniform weights: mean × count = sum
         return total, inner.num_clients, {k: float(v) for k, v in inner.metrics.items()}
 
+    def rotation_seed(self, round_index: int) -> bytes:
+        """The public per-round seed of distributed mode's random rotation, known to every party."""
+        return hashlib.sha256(b"fedshield/dp/rotation" + struct.pack(">qQ", self._seed or 0, round_index)).digest()
+
     def _distributed_sum(
         self, updates: Sequence[ClientUpdate], round_index: int, late_dropouts: Sequence[int]
     ) -> tuple[np.ndarray, int, dict[str, float]]:
@@ -385,7 +389,7 @@ class DPAggregator(Aggregator):
         params = self.distributed
         assert params is not None
         # public per-round rotation, known to every party
-        rotation = hashlib.sha256(b"fedshield/dp/rotation" + struct.pack(">qQ", self._seed or 0, round_index)).digest()
+        rotation = self.rotation_seed(round_index)
         rng = self._rng.spawn(round_index)
         if len({u.client_id for u in updates} | set(late_dropouts)) < 2 or not updates:
             return np.zeros(self.dim), 0, {"secagg_aborted": 1.0}

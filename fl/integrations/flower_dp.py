@@ -38,9 +38,7 @@ same already-averaged parameters, which this wrapper would take for individual u
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -191,13 +189,8 @@ class DPStrategy(Strategy):
         if self.settings.mode == "distributed":
             dp = self._aggregator(sum(int(a.size) for a in self._global))
             assert dp.distributed is not None  # DPAggregator sets it in distributed mode
-            return SecAggEncoding(distributed=dp.distributed, rotation_seed=self._rotation(server_round))
+            return SecAggEncoding(distributed=dp.distributed, rotation_seed=dp.rotation_seed(server_round))
         return SecAggEncoding(l2_clip=float(self.settings.clip))
-
-    def _rotation(self, server_round: int) -> bytes:
-        # public per-round randomness, known to every party
-        label = b"fedshield/fl/flower/dp-rotation" + struct.pack(">qQ", self._seed or 0, server_round)
-        return hashlib.sha256(label).digest()
 
     def aggregate_fit(
         self,
