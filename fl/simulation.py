@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +24,7 @@ from fl.client import TrainConfig, evaluate, local_gradient, local_train
 from fl.compression import wrap_compression
 from fl.config import ExperimentConfig
 from fl.data import FederatedData, federate, load_dataset
-from fl.errors import CheckpointError
+from fl.errors import CheckpointError, UpdateError
 from fl.layout import ParamLayout
 from fl.models import build_model
 from fl.sampling import Dropout, Sampler, plan_round
@@ -62,6 +62,14 @@ def build_federated_data(config: ExperimentConfig) -> FederatedData:
         seed=config.run.seed,
         standardize=d.standardize,
     )
+
+
+@dataclass(frozen=True)
+class ClientWork:
+    """One client's local training result: its update and, under DP-SGD, ``(steps, sampling rate)``."""
+
+    update: ClientUpdate
+    dpsgd_steps: tuple[int, float] | None = None
 
 
 @dataclass
@@ -194,7 +202,12 @@ class Simulation:
         )
 
     # -- one round -------------------------------------------------------------------------------
-    def client_update(self, client_id: int, weights: np.ndarray, round_index: int) -> ClientUpdate:
+    def train_client(self, client_id: int, weights: np.ndarray, round_index: int) -> ClientWork:
+        """One client's local training: a pure function of ``(run.seed, round_index, client_id, weights)``.
+
+        Nothing on ``self`` changes, so a backend may run it in another process (DP-SGD's privacy cost is
+        returned in the result and recorded by :meth:`account`, in the driver).
+        """
         cd = self.data.clients[client_id]
         if self.dpsgd is not None:
             from dp.rng import CryptoRNG
@@ -207,23 +220,39 @@ class Simulation:
                 noise_rng=CryptoRNG.from_int_seed(self.config.run.seed, round_index, client_id, 0xD5),
                 report_train_loss=True,  # simulation telemetry; a deployment would not send it
             )
-            self.dpsgd.record(client_id, steps, q)
-            return update
+            return ClientWork(update, (steps, q))
         if self.strategy.client_mode == "gradient":
-            return local_gradient(
+            return ClientWork(local_gradient(
                 self.model, self.layout, weights, cd.x_train, cd.y_train, task=self.task, client_id=client_id
-            )
-        return local_train(
+            ))
+        return ClientWork(local_train(
             self.model, self.layout, weights, cd.x_train, cd.y_train, self.train_config,
             task=self.task, client_id=client_id, seed=client_seed(self.config.run.seed, round_index, client_id),
-        )
+        ))
+
+    def account(self, work: ClientWork) -> ClientUpdate:
+        """Record what one client's training spent (DP-SGD steps) and return its update."""
+        if work.dpsgd_steps is not None:
+            if self.dpsgd is None:
+                raise UpdateError(f"client {work.update.client_id}: DP-SGD steps reported, but this run has no DP-SGD")
+            self.dpsgd.record(work.update.client_id, *work.dpsgd_steps)
+        return work.update
+
+    def client_update(self, client_id: int, weights: np.ndarray, round_index: int) -> ClientUpdate:
+        """:meth:`train_client` and :meth:`account` in one step, in this process."""
+        return self.account(self.train_client(client_id, weights, round_index))
+
+    def train_clients(self, clients: Sequence[int], weights: np.ndarray, round_index: int) -> list[ClientUpdate]:
+        """Train ``clients`` and return their updates in the same order: the seam a parallel backend
+        (``fl.backends.ray.RaySimulation``) overrides. Results must not depend on how work is spread."""
+        return [self.client_update(c, weights, round_index) for c in clients]
 
     def run_round(
         self, round_index: int, weights: np.ndarray, optimizer: ServerOptimizer
     ) -> tuple[np.ndarray, RoundResult]:
         plan: RoundPlan = plan_round(round_index, self.num_clients, self.sampler, self.dropout, self.config.run.seed)
         t0 = time.perf_counter()
-        trained = [self.client_update(c, weights, round_index) for c in plan.training]
+        trained = self.train_clients(plan.training, weights, round_index)
         t1 = time.perf_counter()
         arrived = [u for u in trained if u.client_id not in set(plan.dropped_after_training)]
         aggregate = self.aggregator.aggregate(

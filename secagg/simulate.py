@@ -2,14 +2,20 @@
 
 It is just a caller of the sans-IO sessions, like a network runner or a Flower adapter would be: it
 moves messages (through the wire codec when ``wire=True``), decides who drops when, and times each party.
+
+Another driver with the same signature (e.g. ``fl.backends.ray.RaySecAggDriver``, whose client sessions
+live in Ray actors) can take over every :func:`run_round` call made inside :func:`use_round_driver`, so
+callers such as :func:`secagg.api.secure_sum` need no transport argument.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal, Protocol, TypeVar
 
 from secagg.errors import ParameterError, ProtocolError
 from secagg.keys import SigningKey
@@ -36,8 +42,8 @@ M = TypeVar("M", bound=Message)
 Phase = Literal["advertise", "share", "mask", "consistency", "unmask"]
 PHASES: Final[tuple[Phase, ...]] = ("advertise", "share", "mask", "consistency", "unmask")
 
-# The phase a client is in when it answers a given server message.
-_REPLY_PHASE: Final[dict[type[Any], Phase]] = {
+# The phase a client is in when it answers a given server message (shared by every round driver).
+REPLY_PHASE: Final[dict[type[Any], Phase]] = {
     KeyDirectory: "share",
     ForwardedShares: "mask",
     ConsistencyRequest: "consistency",
@@ -74,6 +80,46 @@ def identity_keys_for(num_clients: int) -> tuple[dict[int, SigningKey], dict[int
     return private, {u: k.public_bytes() for u, k in private.items()}
 
 
+class RoundDriver(Protocol):
+    """Anything that runs one round with :func:`run_round`'s signature and result."""
+
+    def __call__(
+        self,
+        config: ProtocolConfig,
+        inputs: Mapping[int, Vector],
+        *,
+        drops: Mapping[int, Phase] | None = None,
+        identities: Mapping[int, SigningKey] | None = None,
+        wire: bool = True,
+    ) -> tuple[AggregationResult, RoundStats]: ...
+
+
+_DRIVER: ContextVar[RoundDriver | None] = ContextVar("secagg_round_driver", default=None)
+
+
+@contextmanager
+def use_round_driver(driver: RoundDriver) -> Iterator[None]:
+    """Route every :func:`run_round` call in this context (this thread or task only) to ``driver``."""
+    token = _DRIVER.set(driver)
+    try:
+        yield
+    finally:
+        _DRIVER.reset(token)
+
+
+def check_schedule(
+    config: ProtocolConfig, drops: Mapping[int, Phase] | None, identities: Mapping[int, SigningKey] | None
+) -> dict[int, Phase]:
+    """Validate a dropout schedule (and the active variant's identities); shared by every driver."""
+    schedule = dict(drops or {})
+    bad = [p for p in schedule.values() if p not in PHASES]
+    if bad:
+        raise ParameterError(f"unknown dropout phase {bad[0]!r}; allowed: {', '.join(PHASES)}")
+    if config.active and identities is None:
+        raise ParameterError("the active variant needs the clients' identity keys")
+    return schedule
+
+
 def run_round(
     config: ProtocolConfig,
     inputs: Mapping[int, Vector],
@@ -85,13 +131,13 @@ def run_round(
     """Run one round. ``inputs`` maps client id → encoded vector; ``drops`` maps client id → the phase
     in which it vanishes (it sends nothing from that phase on). Clients missing from ``inputs`` never
     start. Raises :class:`~secagg.errors.AbortError` if the round cannot complete.
+
+    Inside :func:`use_round_driver` the round is run by that driver instead of in this process.
     """
-    drops = dict(drops or {})
-    bad = [p for p in drops.values() if p not in PHASES]
-    if bad:
-        raise ParameterError(f"unknown dropout phase {bad[0]!r}; allowed: {', '.join(PHASES)}")
-    if config.active and identities is None:
-        raise ParameterError("the active variant needs the clients' identity keys")
+    driver = _DRIVER.get()
+    if driver is not None:
+        return driver(config, inputs, drops=drops, identities=identities, wire=wire)
+    drops = check_schedule(config, drops, identities)
     stats = RoundStats()
     server = ServerSession(config)
     clients: dict[int, ClientSession] = {}
@@ -142,7 +188,7 @@ def run_round(
             u = message.receiver
             if u not in alive:
                 continue
-            if drops.get(u) == _REPLY_PHASE[type(message)]:
+            if drops.get(u) == REPLY_PHASE[type(message)]:
                 alive.discard(u)
                 continue
             delivered, nbytes = ship(message)
@@ -157,7 +203,7 @@ def run_round(
             finally:
                 spent = time.perf_counter() - t0
                 stats.client_seconds[u] += spent
-                stats.client_phase_seconds.setdefault(_REPLY_PHASE[type(message)], {})[u] = spent
+                stats.client_phase_seconds.setdefault(REPLY_PHASE[type(message)], {})[u] = spent
             for reply in replies:
                 to_server(u, reply)
     assert server.result is not None
