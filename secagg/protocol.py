@@ -619,7 +619,7 @@ class ServerSession:
         self.excluded: set[int] = set()
         self._keys: dict[int, AdvertiseKeys] = {}
         self._shares: dict[int, EncryptedShares] = {}
-        self._masked_senders: list[int] = []
+        self._masked_senders: dict[int, None] = {}  # arrival order, O(1) membership
         self._sum: Vector | None = None
         self._signatures: dict[int, bytes] = {}
         self._responses: dict[int, UnmaskResponse] = {}
@@ -628,6 +628,8 @@ class ServerSession:
         self.u3: tuple[int, ...] = ()
         self.u4: tuple[int, ...] = ()
         self._requests: dict[int, UnmaskRequest] = {}
+        self._expected_phase: ServerPhase | None = None
+        self._expected_members: frozenset[int] = frozenset()
 
     def __repr__(self) -> str:
         return f"ServerSession(round_id={self.config.round_id}, phase={self.phase.value})"
@@ -645,14 +647,24 @@ class ServerSession:
 
     @property
     def received(self) -> tuple[int, ...]:
-        stores: dict[ServerPhase, Iterable[int]] = {
+        return tuple(sorted(self._store()))
+
+    def _store(self) -> Mapping[int, object]:
+        """The current phase's messages by sender (membership in O(1))."""
+        stores: dict[ServerPhase, Mapping[int, object]] = {
             ServerPhase.COLLECT_KEYS: self._keys,
             ServerPhase.COLLECT_SHARES: self._shares,
             ServerPhase.COLLECT_MASKED: self._masked_senders,
             ServerPhase.COLLECT_SIGNATURES: self._signatures,
             ServerPhase.COLLECT_UNMASK: self._responses,
         }
-        return tuple(sorted(stores.get(self.phase, ())))
+        return stores.get(self.phase, {})
+
+    def _expected_set(self) -> frozenset[int]:
+        # built once per phase: checking every message against the tuple made a round O(n^2) in the clients
+        if self._expected_phase is not self.phase:
+            self._expected_phase, self._expected_members = self.phase, frozenset(self.expected)
+        return self._expected_members
 
     @property
     def phase_complete(self) -> bool:
@@ -675,9 +687,9 @@ class ServerSession:
             raise RemoteProtocolError(f"{type(message).__name__} from client {sender} is for another round")
         if sender in self.excluded:
             raise RemoteProtocolError(f"client {sender} was excluded from this round")
-        if sender not in self.expected:
+        if sender not in self._expected_set():
             raise RemoteProtocolError(f"client {sender} is not expected in phase {self.phase.value}")
-        if sender in self.received:
+        if sender in self._store():
             # A retransmission must not let one client abort everyone's round: the first message stands.
             raise RemoteProtocolError(f"client {sender} sent a second {type(message).__name__}; ignored")
         handler: Callable[[Any], None] = getattr(self, f"_take_{self.phase.value}")
@@ -703,7 +715,7 @@ class ServerSession:
 
     def _take_collect_shares(self, msg: EncryptedShares) -> None:
         addressed = tuple(v for v, _ in msg.ciphertexts)
-        u1 = set(self.u1)
+        u1 = self._expected_set()  # the clients that advertised keys
         expected = tuple(v for v in self.config.holders(msg.sender) if v in u1 and v != msg.sender)
         if addressed != expected:
             raise RemoteProtocolError("encrypted shares are not addressed to exactly its neighbours that advertised")
@@ -717,7 +729,7 @@ class ServerSession:
             self._sum = vector.copy()
         else:
             self._sum += vector
-        self._masked_senders.append(msg.sender)
+        self._masked_senders[msg.sender] = None
 
     def _take_collect_signatures(self, msg: ConsistencySignature) -> None:
         assert self.config.identity_keys is not None
@@ -835,7 +847,8 @@ class ServerSession:
         responders = self._live(self._responses)
         self._need(responders, "answered the unmasking request")
         u3 = self.u3
-        dropped = tuple(v for v in self.u2 if v not in set(u3))
+        survived = set(u3)
+        dropped = tuple(v for v in self.u2 if v not in survived)
         # Gather shares per owner: owner -> {holder id: value}
         self_shares: dict[int, dict[int, int]] = {u: {} for u in u3}
         key_shares: dict[int, dict[int, int]] = {v: {} for v in dropped}
