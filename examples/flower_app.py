@@ -114,9 +114,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     initial = layout.flatten(model)
     x_test, y_test = data.pooled_test()
     accuracy: dict[int, float] = {}
+    weights: dict[int, np.ndarray] = {}  # the global model after each round, as the server evaluated it
 
     def evaluate_fn(server_round: int, arrays: list[np.ndarray], _: dict[str, Any]) -> tuple[float, dict[str, Any]]:
-        layout.load_into(model, np.concatenate([a.ravel() for a in arrays]).astype(np.float32))
+        weights[server_round] = np.concatenate([a.ravel() for a in arrays]).astype(np.float32)
+        layout.load_into(model, weights[server_round])
         metrics = evaluate(model, x_test, y_test, task=data.task)
         accuracy[server_round] = metrics["accuracy"]
         return metrics["loss"], {"accuracy": metrics["accuracy"]}
@@ -189,6 +191,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     stop = " (stopped by the privacy budget)" if dp.stopped else ""
     print(f"final accuracy {result['accuracy']:.4f} after {rounds_run} rounds{stop} in {seconds:.1f} s; ledger {ledger}")
     (out_dir / "summary.json").write_text(json.dumps(result, indent=2))
+    result["weights_per_round"] = [weights[r] for r in sorted(weights)]  # round 0 (initial) first
     return result
 
 

@@ -37,6 +37,8 @@ from flwr.serverapp.grid import Grid  # noqa: E402
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 from fl.aggregators import WeightedMean  # noqa: E402
+from fl.client import TrainConfig, local_train  # noqa: E402
+from fl.config import default_config  # noqa: E402
 from fl.integrations.flower import (  # noqa: E402
     RECORD_KEY,
     STATE_KEY,
@@ -50,8 +52,11 @@ from fl.integrations.flower import (  # noqa: E402
     run_secure_round,
     secagg_mod,
 )
+from fl.layout import ParamLayout  # noqa: E402
+from fl.models import build_model  # noqa: E402
 from fl.privacy import DPAggregator, DPSettings, SamplingInfo, make_accountant, round_event  # noqa: E402
 from fl.secure import SecAggSettings  # noqa: E402
+from fl.simulation import build_federated_data, client_seed  # noqa: E402
 from fl.types import ClientUpdate  # noqa: E402
 from secagg import plan_round, secure_sum  # noqa: E402
 from secagg.errors import LocalProtocolError, RemoteProtocolError, SecAggError  # noqa: E402
@@ -631,3 +636,24 @@ def test_example_app_runs_in_flowers_simulation_engine(tmp_path: Path) -> None:
     assert len(eps) == 3 and 0 < eps[0] < eps[1] < eps[2] <= out["epsilon_budget"]
     assert out["accuracy"] > 0.8
     assert out["secagg_survivors"] == [5, 5, 5]
+    # The same three rounds in-process, without Flower: each hospital's local_train from the global model,
+    # fedshield's DPAggregator (same settings and seed, so the same CSPRNG noise), FedAvg's server step.
+    # Flower's run differs only by the secure sum's fixed-point rounding (5 clients x 2^-20 per coordinate).
+    config = default_config().replace(data={"num_clients": 5, "partition": "iid"},
+                                      client={"epochs": 1, "batch_size": 0, "lr": 0.5}, run={"rounds": 3})
+    data = build_federated_data(config)
+    model = build_model("logreg", data.feature_shape, data.num_classes, seed=0)
+    layout = ParamLayout.from_module(model)
+    dp = DPAggregator(WeightedMean("uniform"), DPSettings(mode="central", clip=0.5, target_epsilon=8.0),
+                      SamplingInfo("fixed", 5, per_round=5), rounds=3, dim=layout.size, seed=0)
+    w = out["weights_per_round"][0]
+    np.testing.assert_array_equal(w, layout.flatten(model))
+    train = TrainConfig(epochs=1, batch_size=0, lr=0.5)
+    for r in (1, 2, 3):
+        updates = [local_train(model, layout, w, c.x_train, c.y_train, train, task=data.task, client_id=c.client_id,
+                               seed=client_seed(0, r, c.client_id)) for c in data.clients]
+        released = dp.aggregate(updates, dim=layout.size, round_index=r)
+        w = w + released.vector
+        np.testing.assert_allclose(out["weights_per_round"][r], w, atol=1e-4)
+        assert released.metrics["dp_epsilon"] == pytest.approx(eps[r - 1], rel=1e-9)
+    dp.close()
