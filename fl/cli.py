@@ -24,6 +24,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, help="override run.seed")
     run.add_argument("--fresh", action="store_true", help="ignore and delete an existing checkpoint in --out")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--backend", choices=("inprocess", "ray"), default="inprocess",
+                     help="where client work runs: this process, or Ray actors on this machine's cores (same results)")
+    run.add_argument("--workers", type=int, help="Ray actors (default: one per CPU)")
     budget = sub.add_parser("budget", help="plan the privacy budget of a config before running it")
     budget.add_argument("config", nargs="?")
     budget.add_argument("--points", type=int, default=10, help="rounds at which to print epsilon")
@@ -67,8 +70,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     if args.fresh and (out_dir / CHECKPOINT).exists():
         (out_dir / CHECKPOINT).unlink()
-    sim = Simulation(config, out_dir=out_dir, progress=not args.no_progress)
-    out = sim.run()
+    if args.backend == "ray":
+        from fl.backends.ray import RaySimulation
+
+        with RaySimulation(config, out_dir=out_dir, progress=not args.no_progress, num_workers=args.workers) as ray_sim:
+            out = ray_sim.run()
+    else:
+        out = Simulation(config, out_dir=out_dir, progress=not args.no_progress).run()
     write_report(out, out_dir)
     key = "test_accuracy" if "test_accuracy" in out.final_metrics else "test_r2"
     line = f"federated {key} = {out.final_metrics[key]:.4f}"

@@ -5,6 +5,9 @@ import os
 import torch
 from hypothesis import HealthCheck, settings
 
+# Ray (ours and Flower's simulation engine) warns about a future default unless this is set; keep its behaviour.
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
 # Tiny models: one intra-op thread is faster, and pytest-xdist already runs one worker per core.
 torch.set_num_threads(1)
 

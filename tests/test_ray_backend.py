@@ -137,6 +137,8 @@ def test_shared_pool_serves_several_experiments_and_rejects_bad_arguments(pool: 
     assert info.value.name == "chunks_per_worker"
     with pytest.raises(BackendParameterError, match="num_workers"):
         ClientWorkerPool(0)
+    with pytest.raises(BackendParameterError, match="start_timeout_s"):
+        ClientWorkerPool(1, start_timeout_s=0)
     with pytest.raises(BackendParameterError, match="waves"):
         RaySecAggDriver(pool, waves=0)
 
@@ -240,3 +242,19 @@ def test_missing_ray_raises_a_typed_import_error(monkeypatch: pytest.MonkeyPatch
         importlib.import_module("fl.backends.ray")
     with pytest.raises(ImportError):
         from fl.backends import RaySimulation  # noqa: F401
+
+
+def test_cli_run_with_the_ray_backend_writes_the_same_results(pool: Any, tmp_path: Path) -> None:
+    """The CLI starts its own pool while the module's pool holds every CPU: its actors must still start."""
+    from fl.cli import main
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(default_config().replace(run={"rounds": 3, "aggregation": "secagg+"}).to_toml())
+    assert main(["run", str(cfg), "--out", str(tmp_path / "ray"), "--backend", "ray", "--workers", "2",
+                 "--no-progress"]) == 0
+    assert main(["run", str(cfg), "--out", str(tmp_path / "local"), "--no-progress"]) == 0
+    import json
+
+    ray_out, local_out = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("ray", "local"))
+    assert ray_out["final"] == local_out["final"] and ray_out["centralized"] == local_out["centralized"]
+    assert main(["run", str(cfg), "--out", str(tmp_path / "bad"), "--backend", "ray", "--workers", "0"]) == 2

@@ -228,8 +228,9 @@ class ClientWorkerPool:
     """``num_workers`` :class:`ClientWorker` actors (default: one per CPU Ray knows of).
 
     Starts a local Ray instance (or joins ``address``) if Ray is not running; ``ray_init`` is passed to
-    ``ray.init`` then. Each actor reserves ``min(1, CPUs / num_workers)`` CPUs, so more workers than cores
-    still start (they then share the cores).
+    ``ray.init`` then. Each actor reserves ``min(1, free CPUs / num_workers)`` CPUs (none when no CPU is
+    free, e.g. another pool holds them), so more workers than cores still start (they then share the cores).
+    Actors that have not started within ``start_timeout_s`` raise :class:`BackendUnavailableError`.
     """
 
     def __init__(
@@ -239,16 +240,31 @@ class ClientWorkerPool:
         torch_threads: int = 1,
         address: str | None = None,
         ray_init: Mapping[str, Any] | None = None,
+        start_timeout_s: float = 120.0,
     ) -> None:
         if num_workers is not None and (isinstance(num_workers, bool) or not isinstance(num_workers, int)
                                         or num_workers < 1):
             raise BackendParameterError("num_workers", f"must be a positive int or None, got {num_workers!r}")
+        if isinstance(start_timeout_s, bool) or not isinstance(start_timeout_s, (int, float)) or not start_timeout_s > 0:
+            raise BackendParameterError("start_timeout_s", f"must be a positive number, got {start_timeout_s!r}")
         _ensure_ray(address, ray_init)
         cpus = float(ray.cluster_resources().get("CPU", 1.0))
+        free = float(ray.available_resources().get("CPU", 0.0))
         count = num_workers if num_workers is not None else max(int(cpus), 1)
-        per_actor = min(1.0, cpus / count)
+        # Reserve from what is free now: another pool (or job) may hold CPUs, and actors asking for more than
+        # is free would wait for ever. With nothing free the actors reserve none and share the cores.
+        per_actor = min(1.0, free / count)
+        per_actor = per_actor if per_actor >= 0.01 else 0.0
         worker = _remote_worker_class().options(num_cpus=per_actor)
         self.actors: list[Any] = [worker.remote(torch_threads) for _ in range(count)]
+        _ready, pending = ray.wait([a.peak_memory_kib.remote() for a in self.actors], num_returns=count,
+                                  timeout=float(start_timeout_s))
+        if pending:
+            self.close()
+            raise BackendUnavailableError(
+                f"{len(pending)} of {count} Ray worker actors did not start within {start_timeout_s} s "
+                f"(cluster CPUs {cpus:g}, free {free:g}, {per_actor:g} reserved per actor)"
+            )
 
     @property
     def size(self) -> int:
