@@ -17,6 +17,10 @@ Importing this module imports ``flwr``; ``import fl`` never does. Three pieces, 
 
       client_app = ClientApp(client_fn=client_fn, mods=[secagg_mod])
 
+* **Message API strategies** (:mod:`fl.integrations.flower_message`): for ``flwr.serverapp.strategy``'s
+  ``FedAvg`` & co., which own the round loop (``strategy.start(grid=...)``), :class:`SecureGrid` wraps the
+  grid and runs every train round through the same SecAgg/SecAgg+ exchanges (optionally with central or
+  distributed DP and ε per round in ``Result.train_metrics_clientapp``); :data:`secagg_mod` serves both APIs.
 * **CKKS** (:mod:`fl.integrations.flower_ckks`): :class:`CKKSClientMod` encrypts each FitRes update under
   the key holder's public context, :class:`CKKSFedAvg` adds ciphertexts without any secret key, and
   :class:`KeyHolderService` (a separate party) decrypts only flooded sums.
@@ -42,6 +46,7 @@ from fl.integrations.flower_ckks import (
     KeyHolderService,
 )
 from fl.integrations.flower_dp import DPStrategy
+from fl.integrations.flower_message import SecureGrid
 from fl.integrations.flower_secagg import (
     RECORD_KEY,
     STATE_KEY,
@@ -72,6 +77,7 @@ __all__ = [
     "SecAggEncoding",
     "SecAggWorkflow",
     "SecureAggregate",
+    "SecureGrid",
     "SecureRoundOutcome",
     "SecureSumStrategy",
     "add_delta",

@@ -62,7 +62,7 @@ from typing import Any, Final, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
-from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import Code, FitRes, NDArrays, Parameters, Scalar, Status, ndarrays_to_parameters
 from flwr.common import parameters_to_ndarrays as _parameters_to_ndarrays
@@ -128,6 +128,7 @@ RECORD_KEY: Final = "fedshield.secagg"
 #: ConfigRecord in a client's ``context.state`` holding its session between exchanges.
 STATE_KEY: Final = "fedshield.secagg.state"
 _PHASE: Final = "phase"
+_LEGACY_FITINS: Final = "fitins.parameters"  # the ArrayRecord a legacy FitIns travels in
 _PAYLOAD: Final = "payload"
 
 # The exchange a server message opens, as named in the record's phase tag.
@@ -393,6 +394,13 @@ class SecAggClientMod:
     * ``allow_plain_fit`` -- pass a ``TRAIN`` message without fedshield's record to the ClientApp, i.e. send
       an unmasked update to a server that does not run :class:`SecAggWorkflow`. Off by default: a client
       that installed this mod does not silently fall back to plaintext.
+    * ``weight_key`` -- Message API rounds (:class:`~fl.integrations.flower_message.SecureGrid`): the key of
+      the reply's MetricRecord holding the FedAvg weight (the strategy's ``weighted_by_key``, Flower's
+      default ``"num-examples"``). It goes into the masked vector; the reply says 1.
+
+    Both Flower server APIs are served: a Strategy/LegacyContext round (FitIns in, FitRes out) and a Message
+    API round (``flwr.serverapp.strategy``: the train message's one ArrayRecord in, the ClientApp's reply with
+    one ArrayRecord and one MetricRecord out).
 
     Raises (inside Flower: becomes the error reply, and the server treats the client as dropped):
         RemoteProtocolError / secagg.messages.WireError: malformed, tampered, misaddressed or out-of-order
@@ -401,14 +409,18 @@ class SecAggClientMod:
         LocalProtocolError: the ClientApp's fit failed.
     """
 
-    def __init__(self, *, min_clients: int = 3, allow_plain_fit: bool = False) -> None:
+    def __init__(self, *, min_clients: int = 3, allow_plain_fit: bool = False, weight_key: str = "num-examples") -> None:
         if isinstance(min_clients, bool) or not isinstance(min_clients, int) or min_clients < 2:
             raise ValueError(f"min_clients must be an int >= 2, got {min_clients!r}")
+        if not isinstance(weight_key, str) or not weight_key:
+            raise ValueError(f"weight_key must be a non-empty str, got {weight_key!r}")
         self.min_clients = min_clients
         self.allow_plain_fit = allow_plain_fit
+        self.weight_key = weight_key
 
     def __repr__(self) -> str:
-        return f"SecAggClientMod(min_clients={self.min_clients}, allow_plain_fit={self.allow_plain_fit})"
+        return (f"SecAggClientMod(min_clients={self.min_clients}, allow_plain_fit={self.allow_plain_fit}, "
+                f"weight_key={self.weight_key!r})")
 
     def __call__(self, msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
         if msg.metadata.message_type != MessageType.TRAIN:
@@ -489,19 +501,44 @@ class SecAggClientMod:
             self._save(ctxt, setup, session)
         return content
 
-    @staticmethod
     def _train_and_encode(
-        msg: Message, ctxt: Context, call_next: ClientAppCallable, setup: RoundSetup, session: ClientSession
+        self, msg: Message, ctxt: Context, call_next: ClientAppCallable, setup: RoundSetup, session: ClientSession
     ) -> RecordDict:
-        fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
-        global_arrays = _parameters_to_arrays(fitins.parameters)
+        if _LEGACY_FITINS in msg.content.array_records:  # a Strategy/LegacyContext round (FitIns, FitRes)
+            fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
+            global_arrays = _parameters_to_arrays(fitins.parameters)
+            out = self._call_app(msg, ctxt, call_next)
+            fitres = compat.recorddict_to_fitres(out.content, keep_input=True)
+            if fitres.status.code != Code.OK:
+                raise LocalProtocolError("the ClientApp's fit returned a failure status; this client drops out")
+            local, num_examples = _parameters_to_arrays(fitres.parameters), float(fitres.num_examples)
+            hidden = _hidden_fitres(fitres)
+        else:  # a Message API round (flwr.serverapp.strategy): one ArrayRecord in, ArrayRecord + MetricRecord out
+            global_arrays = _single(msg.content.array_records, "the server's train message", "ArrayRecord") \
+                .to_numpy_ndarrays()
+            out = self._call_app(msg, ctxt, call_next)
+            local = _single(out.content.array_records, "the ClientApp's train reply", "ArrayRecord").to_numpy_ndarrays()
+            metric_key = _single_key(out.content.metric_records, "the ClientApp's train reply", "MetricRecord")
+            metrics = dict(out.content.metric_records[metric_key])
+            weight = metrics.get(self.weight_key)
+            if setup.weighting == "examples" and (isinstance(weight, bool) or not isinstance(weight, (int, float))):
+                raise UpdateError(f"the ClientApp's MetricRecord lacks a numeric {self.weight_key!r} (the FedAvg weight)")
+            num_examples = float(weight) if isinstance(weight, (int, float)) else 0.0
+            # the weight is inside the masked vector; the strategy sees 1 for every survivor
+            metrics[self.weight_key] = 1
+            hidden = RecordDict({metric_key: MetricRecord(metrics)})
+        self._encode(delta_vector(local, global_arrays), num_examples, setup, session)
+        return hidden
+
+    @staticmethod
+    def _call_app(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
         out = call_next(msg, ctxt)
         if out.has_error():
             raise LocalProtocolError("the ClientApp's fit failed; this client drops out of the round")
-        fitres = compat.recorddict_to_fitres(out.content, keep_input=True)
-        if fitres.status.code != Code.OK:
-            raise LocalProtocolError("the ClientApp's fit returned a failure status; this client drops out")
-        delta = delta_vector(_parameters_to_arrays(fitres.parameters), global_arrays)
+        return out
+
+    @staticmethod
+    def _encode(delta: npt.NDArray[np.float32], num_examples: float, setup: RoundSetup, session: ClientSession) -> None:
         config = session.config
         if setup.weighting == "distributed":
             params = setup.distributed_params()
@@ -510,7 +547,7 @@ class SecAggClientMod:
             # the noise share comes from this client's own CSPRNG: nobody else can subtract it
             noised = encode_client(delta.astype(np.float64), params, setup.dd_rotation, CryptoRNG())
             session.set_input(noised.astype(config.dtype, copy=False))
-            return _hidden_fitres(fitres)
+            return
         if delta.shape[0] + 1 != setup.vector_length:
             raise UpdateError(f"update has {delta.shape[0]} entries, the round expects {setup.vector_length - 1}")
         if setup.l2_clip > 0:
@@ -518,14 +555,23 @@ class SecAggClientMod:
         if setup.weighting == "uniform":
             weight = 1.0
         else:
-            weight = fitres.num_examples / setup.max_weight
+            weight = num_examples / setup.max_weight
             if not 0 <= weight <= 1:
                 raise UpdateError(
-                    f"num_examples={fitres.num_examples} exceeds the round's public max_weight={setup.max_weight:g}"
+                    f"num_examples={num_examples:g} exceeds the round's public max_weight={setup.max_weight:g}"
                 )
         encoded = setup.codec().encode_weighted(delta, weight, rng=KeystreamUniforms())
         session.set_input(encoded.astype(config.dtype, copy=False))
-        return _hidden_fitres(fitres)
+
+
+def _single_key(records: Mapping[str, Any], where: str, kind: str) -> str:
+    if len(records) != 1:
+        raise UpdateError(f"{where} must hold exactly one {kind}, found {len(records)}")
+    return next(iter(records))
+
+
+def _single(records: Mapping[str, ArrayRecord], where: str, kind: str) -> ArrayRecord:
+    return records[_single_key(records, where, kind)]
 
 
 def _hidden_fitres(fitres: FitRes) -> RecordDict:
@@ -588,6 +634,7 @@ class SecureRoundOutcome:
 
     aggregate: SecureAggregate | None  # None: the round aborted (see ``aborted``)
     fit_results: dict[int, FitRes] = field(default_factory=dict)  # survivors' FitRes status and metrics
+    contents: dict[int, RecordDict] = field(default_factory=dict)  # survivors' masked-input reply, less our record
     failures: list[BaseException] = field(default_factory=list)
     rejected: dict[int, str] = field(default_factory=dict)  # node id -> why its message was rejected
     aborted: str = ""
@@ -723,6 +770,9 @@ def run_secure_round(
                 outcome.failures.append(exc)
                 continue
             if isinstance(message, MaskedInput):
+                outcome.contents[nid] = RecordDict(
+                    {k: v for k, v in reply.content.items() if k != RECORD_KEY}
+                )
                 try:
                     outcome.fit_results[nid] = compat.recorddict_to_fitres(reply.content, keep_input=True)
                 except (KeyError, TypeError, ValueError):
@@ -766,6 +816,7 @@ def run_secure_round(
         log.error("secure aggregation round %s: %s", server_round, outcome.aborted)
         return outcome
     outcome.fit_results = {nid: outcome.fit_results[nid] for nid in survivors if nid in outcome.fit_results}
+    outcome.contents = {nid: outcome.contents[nid] for nid in survivors if nid in outcome.contents}
     outcome.aggregate = SecureAggregate(
         weighted_sum=values, total_weight=total, survivors=survivors,
         dropped=tuple(node_of[p] for p in result.dropped), global_arrays=tuple(arrays), weighting=weighting,

@@ -3,7 +3,7 @@
 Most tests run Flower's own server machinery (``DefaultWorkflow``, ``LegacyContext``, stock ``FedAvg``,
 real ``ClientApp`` objects with their mods) over an in-memory ``Grid`` that passes every message through
 Flower's wire serde, as ``benchmarks/flower_ref.py`` does; exactly one test starts Flower's Ray simulation
-engine (the example app, fast flags). Reference results come from fedshield run in-process on the same
+engine (the example app, fast flags, once per Flower server API). Reference results come from fedshield run in-process on the same
 inputs: ``secagg.secure_sum`` and the exact weighted mean for SecAgg+, ``fl.privacy.DPAggregator`` with the
 same seed for DP (the Gaussian noise is the same CryptoRNG draw, so it matches to float tolerance).
 """
@@ -23,7 +23,16 @@ import pytest
 
 pytest.importorskip("flwr")
 
-from flwr.app import ConfigRecord, Context, Error, Message, MessageType, RecordDict  # noqa: E402
+from flwr.app import (  # noqa: E402
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.client import Client, NumPyClient  # noqa: E402
 from flwr.clientapp import ClientApp  # noqa: E402
 from flwr.common import FitIns, ndarrays_to_parameters  # noqa: E402
@@ -34,11 +43,13 @@ from flwr.server import LegacyContext, ServerConfig  # noqa: E402
 from flwr.server.strategy import FedAvg  # noqa: E402
 from flwr.server.workflow import DefaultWorkflow  # noqa: E402
 from flwr.serverapp.grid import Grid  # noqa: E402
+from flwr.serverapp.strategy import FedAvg as MessageFedAvg  # noqa: E402
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 from fl.aggregators import WeightedMean  # noqa: E402
 from fl.client import TrainConfig, local_train  # noqa: E402
 from fl.config import default_config  # noqa: E402
+from fl.errors import UpdateError  # noqa: E402
 from fl.integrations.flower import (  # noqa: E402
     RECORD_KEY,
     STATE_KEY,
@@ -49,6 +60,7 @@ from fl.integrations.flower import (  # noqa: E402
     RoundSetup,
     SecAggClientMod,
     SecAggWorkflow,
+    SecureGrid,
     run_secure_round,
     secagg_mod,
 )
@@ -561,6 +573,176 @@ def _all_nodes_manager() -> Any:
     return manager
 
 
+# -- Message API strategies (flwr.serverapp.strategy) through SecureGrid -----------------------------------
+def make_message_app(mods: list[Any], scale: float = 0.5, weight_key: str = "num-examples") -> ClientApp:
+    """A Message API ClientApp (``@app.train()``) making the same updates as :class:`_Client`."""
+    app = ClientApp(mods=mods)
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        nid = context.node_id
+        arrays = msg.content["arrays"].to_numpy_ndarrays()
+        delta = split(client_delta(nid, int(msg.content["config"]["server-round"]), scale))
+        local = [(p.astype(np.float64) + d).astype(np.float32) for p, d in zip(arrays, delta, strict=True)]
+        metrics = MetricRecord({weight_key: EXAMPLES[nid], "node": float(nid)})
+        return Message(RecordDict({"arrays": ArrayRecord(local), "metrics": metrics}), reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        l1 = float(np.abs(flat(msg.content["arrays"].to_numpy_ndarrays())).sum())
+        metrics = MetricRecord({"num-examples": EXAMPLES[context.node_id], "l1": l1})
+        return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+    return app
+
+
+def start_message_fedavg(grid: Grid, rounds: int, clients: int = len(NODES), evaluate: bool = False,
+                         strategy_cls: Any = None) -> tuple[Any, list[np.ndarray]]:
+    """Flower's Message API FedAvg (or ``strategy_cls``) sampling every node, ``strategy.start`` on ``grid``;
+    also returns the global model after each round."""
+    history: list[np.ndarray] = []
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> None:
+        history.append(flat(arrays.to_numpy_ndarrays()))
+
+    cls = strategy_cls or MessageFedAvg
+    strategy = cls(fraction_train=1.0, min_train_nodes=clients, min_available_nodes=clients,
+                   fraction_evaluate=1.0 if evaluate else 0.0, min_evaluate_nodes=clients)
+    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(INITIAL), num_rounds=rounds, evaluate_fn=evaluate_fn)
+    return result, history
+
+
+@pytest.mark.parametrize(("nodes", "silent"), [(NODES, None), (ALL_NODES, ALL_NODES[3])],
+                         ids=["complete-graph", "harary-with-a-dropout"])
+def test_message_api_fedavg_through_secure_grid_matches_the_weighted_mean(nodes: list[int], silent: int | None) -> None:
+    """Flower's Message API FedAvg, unchanged, with ``strategy.start(grid=SecureGrid(grid))``: every train
+    round is fedshield's SecAgg+; evaluate messages pass through; a node that stops answering after sharing
+    keys is recovered and left out of the mean."""
+    silent_from = {silent: "masked_input"} if silent is not None else None
+    grid = MemoryGrid(make_message_app([secagg_mod]), nodes, silent_from=silent_from)
+    settings = SecAggSettings(clip_range=1.0, scale_bits=24, max_weight=200.0)  # up to 125 examples a node
+    secure = SecureGrid(grid, "secagg+", settings, seed=3)
+    result, history = start_message_fedavg(secure, rounds=2, clients=len(nodes), evaluate=True)
+    survivors = [n for n in nodes if n != silent]
+    assert not grid.client_errors and len(history) == 3
+    for server_round in (1, 2):
+        expected = weighted_mean(survivors, server_round)
+        got = history[server_round] - history[server_round - 1]
+        assert np.max(np.abs(got - expected)) <= mean_tolerance(survivors, expected, 24, settings.max_weight)
+        train_metrics = result.train_metrics_clientapp[server_round]  # (Flower averages them: float rounding)
+        assert train_metrics["secagg_survivors"] == pytest.approx(len(survivors))
+        # round 1: it shared keys, then vanished (recovered); round 2: it never answers, so it is not in the round
+        recovered = 1 if silent is not None and server_round == 1 else 0
+        assert train_metrics["secagg_recovered_dropouts"] == pytest.approx(recovered)
+        assert train_metrics["node"] == pytest.approx(np.mean(survivors))  # client metrics pass, weight 1 each
+    assert list(result.arrays.keys()) == list(ArrayRecord(INITIAL).keys())  # the model's names survive
+    assert sorted(result.evaluate_metrics_clientapp) == [1, 2]  # evaluate went around SecureGrid
+    assert secure.last_outcome is not None and secure.last_outcome.aggregate is not None
+    # the survivors forgot their round secrets (the vanished node never heard that the round ended)
+    assert all(STATE_KEY not in c.state.config_records for nid, c in grid.contexts.items() if nid != silent)
+
+
+def test_message_api_fedadam_acts_on_the_secure_mean() -> None:
+    """A server optimiser (Message API FedAdam) receives the secure mean as its pseudo-gradient: the same
+    model as FedAdam fed the plaintext replies, within the fixed-point error."""
+    from flwr.serverapp.strategy import FedAdam
+
+    secure = SecureGrid(MemoryGrid(make_message_app([secagg_mod]), NODES), "secagg+", SETTINGS, seed=1)
+    _, got = start_message_fedavg(secure, rounds=2, strategy_cls=FedAdam)
+    _, plain = start_message_fedavg(MemoryGrid(make_message_app([]), NODES), rounds=2, strategy_cls=FedAdam)
+    assert np.max(np.abs(got[1] - got[0])) > 1e-3  # the model moved
+    np.testing.assert_allclose(got, plain, atol=1e-4)
+
+
+def test_message_api_secure_grid_with_central_dp_matches_dp_aggregator(tmp_path: Path) -> None:
+    """SecureGrid with central DP: clients clip before masking, noise goes on the revealed sum; the models
+    equal DPAggregator's in-process releases for the same seed, and epsilon per round reaches Flower's
+    Result from fedshield's ledger."""
+    settings = DPSettings(mode="central", clip=0.8, noise_multiplier=1.2, delta=1e-5, epsilon_budget=50.0)
+    grid = MemoryGrid(make_message_app([secagg_mod], scale=0.6), NODES)
+    secure = SecureGrid(grid, "secagg+", SecAggSettings(scale_bits=24), dp=settings, seed=5, dp_seed=11,
+                        sampling=SamplingInfo("fixed", len(NODES), per_round=len(NODES)), rounds=3,
+                        ledger_path=tmp_path / "flower.jsonl")
+    result, history = start_message_fedavg(secure, rounds=3)
+    secure.close()
+    assert not grid.client_errors and len(history) == 4
+    means, ref_eps = dp_reference(settings, 3, history, tmp_path, NODES, 0.6)
+    for r in (1, 2, 3):
+        assert np.max(np.abs((history[r] - history[r - 1]) - means[r - 1])) <= 2.0**-24 + 2e-6
+    eps = [result.train_metrics_clientapp[r]["dp_epsilon"] for r in (1, 2, 3)]
+    assert eps == pytest.approx(ref_eps, rel=1e-9) and 0 < eps[0] < eps[1] < eps[2]
+    assert secure.epsilon_history == [(r, e) for r, e in zip((1, 2, 3), eps, strict=True)]
+    assert result.train_metrics_clientapp[1]["dp_noise_std"] == pytest.approx(1.2 * 0.8 / len(NODES))
+
+
+def test_message_api_secure_grid_distributed_dp_and_budget_stop(tmp_path: Path) -> None:
+    """Distributed DP through SecureGrid (clients add discrete Gaussian shares), priced by RDP at the actual
+    survivors; a budget that fits two rounds stops the third before anything is sent."""
+    settings = DPSettings(mode="distributed", accountant="rdp", clip=0.8, noise_multiplier=1.0, delta=1e-5, bits=20)
+    sampling = SamplingInfo("fixed", len(MORE_NODES), per_round=len(MORE_NODES))
+    probe = SecureGrid(MemoryGrid(make_message_app([secagg_mod]), MORE_NODES), dp=settings, sampling=sampling,
+                       rounds=4, ledger_path=tmp_path / "probe.jsonl")
+    assert probe.privacy is not None
+    dp = probe.privacy.aggregator(DIM)
+    accountant = make_accountant("rdp")
+    accountant.compose(round_event(settings, sampling, dp.noise_multiplier, dp.distributed, len(MORE_NODES)), 2)
+    two_rounds = accountant.get_epsilon(1e-5)
+    probe.close()
+    budgeted = DPSettings(mode="distributed", accountant="rdp", clip=0.8, noise_multiplier=1.0, delta=1e-5, bits=20,
+                          epsilon_budget=two_rounds * 1.01)
+    grid = MemoryGrid(make_message_app([secagg_mod], scale=0.6), MORE_NODES)
+    secure = SecureGrid(grid, dp=budgeted, sampling=sampling, rounds=4, seed=6, ledger_path=tmp_path / "l.jsonl")
+    result, history = start_message_fedavg(secure, rounds=4, clients=len(MORE_NODES))
+    secure.close()
+    assert sorted(result.train_metrics_clientapp) == [1, 2] and secure.stopped
+    assert result.train_metrics_clientapp[2]["dp_epsilon"] == pytest.approx(two_rounds, rel=1e-9)
+    assert np.array_equal(history[2], history[3]) and np.array_equal(history[3], history[4])  # nothing released
+    g = history[0]
+    clipped = []
+    for n in MORE_NODES:
+        delta = flat(split((g + client_delta(n, 1, 0.6)).astype(np.float32))) - flat(split(g.astype(np.float32)))
+        clipped.append(delta * min(1.0, 0.8 / np.linalg.norm(delta)))
+    params = secure.privacy.distributed if secure.privacy is not None else None
+    assert params is not None
+    residual = (history[1] - g) * len(MORE_NODES) - np.sum(clipped, axis=0)
+    noise_std = params.noise_std * params.gamma * np.sqrt(len(MORE_NODES))
+    assert 0.3 * noise_std < np.std(residual) and np.max(np.abs(residual)) <= 6 * noise_std + 0.01
+
+
+def test_secure_grid_refuses_what_it_cannot_secure() -> None:
+    grid = MemoryGrid(make_message_app([secagg_mod]), NODES)
+    secure = SecureGrid(grid)
+    msg = Message(RecordDict({"arrays": ArrayRecord(INITIAL)}), dst_node_id=NODES[0], message_type=MessageType.TRAIN)
+    other = Message(RecordDict({"arrays": ArrayRecord(split(np.zeros(DIM)))}), dst_node_id=NODES[1],
+                    message_type=MessageType.TRAIN)
+    with pytest.raises(UpdateError, match="same global model"):
+        secure.send_and_receive([msg, other])
+    query = Message(RecordDict(), dst_node_id=NODES[1], message_type=MessageType.QUERY)
+    with pytest.raises(ValueError, match="mixes"):
+        secure.send_and_receive([msg, query])
+    custom = Message(RecordDict({"arrays": ArrayRecord(INITIAL)}), dst_node_id=NODES[0], message_type="train.fast")
+    with pytest.raises(ValueError, match="plaintext"):
+        secure.send_and_receive([custom])
+    with pytest.raises(ValueError, match="skip"):
+        secure.push_messages([msg])
+    two = Message(RecordDict({"a": ArrayRecord(INITIAL), "b": ArrayRecord(INITIAL)}), dst_node_id=NODES[0],
+                  message_type=MessageType.TRAIN)
+    with pytest.raises(UpdateError, match="exactly one"):
+        secure.send_and_receive([two])
+    with pytest.raises(ValueError, match="sampling"):
+        SecureGrid(grid, dp=DPSettings(mode="central", noise_multiplier=1.0), rounds=2)
+    with pytest.raises(ValueError, match="rounds"):
+        SecureGrid(grid, dp=DPSettings(mode="central", noise_multiplier=1.0), sampling=SamplingInfo("fixed", 6, 6))
+    with pytest.raises(TypeError):
+        SecureGrid(object())  # type: ignore[arg-type]
+    # a ClientApp whose reply lacks the mod's weight key drops out with a typed error instead of guessing
+    bad = MemoryGrid(make_message_app([SecAggClientMod(weight_key="examples")]), NODES)
+    _, history = start_message_fedavg(SecureGrid(bad, "secagg+", SETTINGS), rounds=1)
+    assert len(bad.client_errors) == len(NODES) and np.array_equal(history[0], history[1])
+    assert all(isinstance(e, UpdateError) and "'examples'" in str(e) for e in bad.client_errors.values())
+    assert "secret" not in repr(secure) and "SecureGrid(mode='secagg+'" in repr(secure)
+
+
 # -- CKKS ------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def key_holder() -> KeyHolderService:
@@ -622,16 +804,18 @@ def test_import_fl_does_not_need_flwr() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
 
 
-def test_example_app_runs_in_flowers_simulation_engine(tmp_path: Path) -> None:
-    """The one test that starts Flower's Ray-based simulation engine: the example app, fast flags."""
+@pytest.mark.parametrize("api", ["message", "legacy"])
+def test_example_app_runs_in_flowers_simulation_engine(api: str, tmp_path: Path) -> None:
+    """The tests that start Flower's Ray-based simulation engine: the example app, fast flags, with Flower's
+    Message API strategy behind SecureGrid and with Strategy + LegacyContext + SecAggWorkflow + DPStrategy."""
     pytest.importorskip("ray")
     path = Path(__file__).resolve().parents[2] / "examples" / "flower_app.py"
     spec = importlib.util.spec_from_file_location("fedshield_example_flower_app", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    out = module.main(["--clients", "5", "--rounds", "3", "--epsilon", "8", "--out", str(tmp_path)])
-    assert out["rounds_run"] == 3 and out["mode"] == "secagg+"
+    out = module.main(["--clients", "5", "--rounds", "3", "--epsilon", "8", "--api", api, "--out", str(tmp_path)])
+    assert out["rounds_run"] == 3 and out["mode"] == "secagg+" and out["api"] == api
     eps = out["epsilon_per_round"]
     assert len(eps) == 3 and 0 < eps[0] < eps[1] < eps[2] <= out["epsilon_budget"]
     assert out["accuracy"] > 0.8
