@@ -10,9 +10,11 @@ noise-flooded (IND-CPA^D protection, see ``secagg.ckks`` and SECURITY.md).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -21,6 +23,31 @@ from fl.errors import ConfigError
 from fl.types import Aggregate, ClientUpdate
 
 PRESETS: tuple[str, ...] = ("compact", "add_only", "scalar_mul")
+
+
+class EncryptJob(NamedTuple):
+    """One client's encryption: ``[weight * vector, weight]`` under the public context (what a client does)."""
+
+    client_id: int
+    vector: np.ndarray  # float64, already clipped to max_abs
+    weight: float
+
+
+#: Encrypts a round's jobs elsewhere (e.g. :class:`fl.backends.ray.RayCKKSEncryptor`): given the public
+#: context and the jobs, returns each job's ``secagg.ckks.EncryptedUpdate`` and client seconds, in job order.
+EncryptDriver = Callable[[bytes, Sequence[EncryptJob]], list[tuple[Any, float]]]
+_ENCRYPT_DRIVER: ContextVar[EncryptDriver | None] = ContextVar("fedshield_ckks_encrypt_driver", default=None)
+
+
+@contextmanager
+def use_encrypt_driver(driver: EncryptDriver) -> Iterator[None]:
+    """Route the client-side encryption of every :class:`CKKSAggregator` round in this context to ``driver``
+    (the server's ciphertext sum and the key holder's decryption stay here)."""
+    token = _ENCRYPT_DRIVER.set(driver)
+    try:
+        yield
+    finally:
+        _ENCRYPT_DRIVER.reset(token)
 
 
 @dataclass(frozen=True)
@@ -72,9 +99,14 @@ class CKKSAggregator(Aggregator):
         self._ckks = ckks
 
     def _encryptor(self, client_id: int) -> Any:
-        # each client loads the public context once per training, not per message
+        # the public context is loaded once per training and shared by the simulated clients (a real client
+        # loads it once too); each client keeps its own encryptor (its id goes into every update)
         if client_id not in self._encryptors:
-            self._encryptors[client_id] = self._ckks.ClientEncryptor(self.public_context, client_id=client_id)
+            if self._encryptors:
+                first = next(iter(self._encryptors.values()))
+                self._encryptors[client_id] = first.for_client(client_id)
+            else:
+                self._encryptors[client_id] = self._ckks.ClientEncryptor(self.public_context, client_id=client_id)
         return self._encryptors[client_id]
 
     def aggregate(
@@ -90,17 +122,32 @@ class CKKSAggregator(Aggregator):
         t_server = 0.0
         upload = 0
         clipped = 0
+        jobs = []
         for u in updates:
             weight = bounded_weight(u, self.weighting, s.max_weight, "ckks.max_weight")
-            t0 = time.perf_counter()
             clipped += int(np.count_nonzero(np.abs(u.delta) > s.max_abs))
             x = np.clip(u.delta.astype(np.float64), -s.max_abs, s.max_abs)
-            encrypted = self._encryptor(u.client_id).encrypt_update(x, weight * self.weight_scale)
-            t1 = time.perf_counter()
-            server.add(encrypted)
-            t_server += time.perf_counter() - t1
-            t_client += t1 - t0
-            upload += encrypted.nbytes
+            jobs.append(EncryptJob(u.client_id, x, weight * self.weight_scale))
+        driver = _ENCRYPT_DRIVER.get()
+        if driver is not None:  # the clients encrypt elsewhere; the server adds what comes back, in order
+            encrypted_all = driver(self.public_context, jobs)
+            if len(encrypted_all) != len(jobs):
+                raise RuntimeError(f"the encryption driver returned {len(encrypted_all)} updates for {len(jobs)} jobs")
+            for encrypted, seconds in encrypted_all:
+                t1 = time.perf_counter()
+                server.add(encrypted)
+                t_server += time.perf_counter() - t1
+                t_client += seconds
+                upload += encrypted.nbytes
+        else:
+            for job in jobs:  # encrypt and add one at a time: one ciphertext in memory
+                t0 = time.perf_counter()
+                encrypted = self._encryptor(job.client_id).encrypt_update(job.vector, job.weight)
+                t1 = time.perf_counter()
+                server.add(encrypted)
+                t_server += time.perf_counter() - t1
+                t_client += t1 - t0
+                upload += encrypted.nbytes
         t0 = time.perf_counter()
         total = server.result()
         t_server += time.perf_counter() - t0

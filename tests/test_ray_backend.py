@@ -20,6 +20,7 @@ from fl.backends import BackendParameterError, BackendUnavailableError
 from fl.config import ExperimentConfig, default_config
 from fl.privacy import DPAggregator
 from fl.simulation import RunOutput, Simulation
+from fl.types import ClientUpdate
 from secagg.api import plan_round
 from secagg.errors import AbortError
 from secagg.graph import NeighbourGraph
@@ -110,6 +111,54 @@ def test_dp_is_bit_identical_with_equal_ledger_epsilon(pool: Any, tmp_path: Path
         sim.aggregator.close()
     assert spent[0] == spent[1] > 0
     assert remote.history[-1].metrics["dp_epsilon"] == spent[1]
+
+
+def test_ckks_encryption_runs_on_the_workers_within_the_error_bound(pool: Any) -> None:
+    """CKKS: the clients' encryption moves to the actors (the sum and decryption stay in the driver). SEAL's
+    encryption randomness is fresh, so both runs agree with the exact mean only within CKKS's error bound."""
+    from fl.backends.ray import RayCKKSEncryptor
+    from fl.he import CKKSAggregator, CKKSSettings, use_encrypt_driver
+
+    rng = np.random.default_rng(3)
+    ups = [ClientUpdate(c, rng.uniform(-1.5, 1.5, 300).astype(np.float32), int(rng.integers(1, 100))) for c in range(7)]
+    aggregator = CKKSAggregator(8, CKKSSettings(max_weight=100.0))
+    calls: list[int] = []
+    driver = RayCKKSEncryptor(pool)
+
+    def counting(context: bytes, jobs: Any) -> list[Any]:
+        calls.append(len(jobs))
+        return driver(context, jobs)
+
+    local = aggregator.aggregate(ups, dim=300, round_index=0)
+    with use_encrypt_driver(counting):
+        remote = aggregator.aggregate(ups, dim=300, round_index=1)
+    assert calls == [7]
+    n = np.array([u.num_examples for u in ups], dtype=np.float64)
+    clipped = np.clip(np.stack([u.delta for u in ups]).astype(np.float64), -1.0, 1.0)  # max_abs = 1
+    exact = (n[:, None] * clipped).sum(0) / n.sum()
+    for out in (local, remote):
+        assert np.abs(out.vector - exact).max() < 12 * out.metrics["ckks_mean_noise_std"]
+        assert out.num_clients == 7 and out.total_weight == pytest.approx(n.sum(), rel=1e-2)
+    exact_keys = ("ckks_context_bytes", "ckks_upload_bytes_per_client", "ckks_flood_sigma", "ckks_clipped_fraction")
+    assert [local.metrics[k] for k in exact_keys] == [remote.metrics[k] for k in exact_keys]
+    # the noise std on the mean divides by the decrypted (noisy) total weight
+    assert local.metrics["ckks_mean_noise_std"] == pytest.approx(remote.metrics["ckks_mean_noise_std"], rel=1e-4)
+    assert remote.metrics["ckks_client_time_s"] > 0  # measured in the actors
+    assert driver(aggregator.public_context, []) == []
+
+
+def test_ckks_training_through_ray_matches_in_process(pool: Any) -> None:
+    cfg = _base(run={"rounds": 2, "centralized_baseline": False, "aggregation": "ckks"})
+    ref = Simulation(cfg, progress=False).run()
+    from fl.backends.ray import RaySimulation
+
+    with RaySimulation(cfg, progress=False, pool=pool) as ray_sim:
+        out = ray_sim.run()
+    np.testing.assert_allclose(out.weights, ref.weights, atol=1e-3)  # flooding noise, ~1e-4 per round
+    assert out.final_metrics["test_accuracy"] == ref.final_metrics["test_accuracy"]
+    for ra, rb in zip(ref.history, out.history, strict=True):
+        assert (ra.sampled, ra.contributing) == (rb.sampled, rb.contributing)
+        assert ra.metrics["ckks_upload_bytes_per_client"] == rb.metrics["ckks_upload_bytes_per_client"]
 
 
 def test_dpsgd_cost_is_recorded_by_the_driver(pool: Any) -> None:

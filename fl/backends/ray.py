@@ -7,6 +7,8 @@
   in the pool (chunks scheduled dynamically, results returned in client order) and whose rounds route
   SecAgg/SecAgg+ client work through :class:`RaySecAggDriver`. The server (sampling, secure-aggregation
   server session, DP noise and ledger, optimiser, evaluation) stays in the driver process.
+* :class:`RayCKKSEncryptor` — the clients' CKKS encryption (``aggregation = "ckks"``) on the actors, behind
+  :func:`fl.he.use_encrypt_driver`; the ciphertext sum and the key holder's decryption stay in the driver.
 * :class:`RaySecAggDriver` — :func:`secagg.simulate.run_round` with the :class:`~secagg.protocol.ClientSession`
   objects living in the actors: the driver closes each server phase, routes the server's messages (wire
   bytes when ``wire=True``) to the actors owning their receivers and feeds the replies back in client
@@ -16,7 +18,9 @@
 Results equal the in-process runner bit for bit for the same config: training is a pure function of
 ``(run.seed, round, client, weights)`` (DP-SGD's privacy cost comes back with the update and is recorded in
 the driver), and the revealed sum of a secure round is the exact modular sum of the survivors' inputs
-(each session's keys and self-mask seeds are fresh secrets, so transcripts differ; the sum cannot). Actors
+(each session's keys and self-mask seeds are fresh secrets, so transcripts differ; the sum cannot). CKKS is
+the exception, as in-process: SEAL's encryption randomness is fresh, so a CKKS round agrees only within its
+error bound. Actors
 train with ``run.torch_threads`` intra-op threads (1 when 0): run the in-process reference with the same.
 
 On a cluster, ``fedshield`` must be importable on every node (install it there, or pass
@@ -48,6 +52,7 @@ except ImportError as exc:  # the optional extra is missing
 from fl.aggregators import Aggregator, WeightedMean
 from fl.config import ExperimentConfig
 from fl.data import FederatedData
+from fl.he import EncryptJob, use_encrypt_driver
 from fl.simulation import ClientWork, Simulation, config_hash
 from fl.strategies import ServerOptimizer
 from fl.types import ClientUpdate, RoundResult
@@ -72,7 +77,7 @@ from secagg.simulate import REPLY_PHASE, Phase, RoundStats, check_schedule, use_
 
 T = TypeVar("T")
 
-__all__ = ["ClientWorker", "ClientWorkerPool", "RaySecAggDriver", "RaySimulation", "RoundSpec"]
+__all__ = ["ClientWorker", "ClientWorkerPool", "RayCKKSEncryptor", "RaySecAggDriver", "RaySimulation", "RoundSpec"]
 
 # -- what crosses the process boundary -------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -131,6 +136,8 @@ class ClientWorker:
         self._experiments: dict[str, Simulation] = {}
         self._sessions: dict[int, ClientSession] = {}
         self._wire = True
+        self._ckks_context: bytes = b""  # the training's public CKKS context (no secret key)
+        self._encryptors: dict[int, Any] = {}
 
     # ---- local training
     def load_experiment(self, key: str, config: ExperimentConfig, data: FederatedData) -> None:
@@ -195,6 +202,26 @@ class ClientWorker:
 
     def end_round(self) -> None:
         self._sessions = {}  # the sessions' secrets go with them
+
+    # ---- CKKS: clients encrypt their weighted updates under the public context
+    def encrypt(self, public_context: bytes, jobs: Sequence[EncryptJob]) -> list[tuple[Any, float]]:
+        """Each job's :class:`secagg.ckks.EncryptedUpdate` and seconds (an encryptor per client sharing one
+        loaded context per training, as in-process)."""
+        from secagg.ckks import ClientEncryptor
+
+        if public_context != self._ckks_context:
+            self._ckks_context, self._encryptors = public_context, {}
+        out: list[tuple[Any, float]] = []
+        for job in jobs:
+            t0 = time.perf_counter()
+            encryptor = self._encryptors.get(job.client_id)
+            if encryptor is None:  # the context is loaded once per actor and training, shared by its clients
+                first = next(iter(self._encryptors.values()), None)
+                encryptor = (first.for_client(job.client_id) if first is not None
+                             else ClientEncryptor(public_context, client_id=job.client_id))
+                self._encryptors[job.client_id] = encryptor
+            out.append((encryptor.encrypt_update(job.vector, job.weight), time.perf_counter() - t0))
+        return out
 
     def peak_memory_kib(self) -> int:
         """This process's peak resident set size so far (``getrusage`` ``ru_maxrss``, KiB on Linux)."""
@@ -430,14 +457,38 @@ class RaySecAggDriver:
                     stats.server_seconds += time.perf_counter() - t0
 
 
+class RayCKKSEncryptor:
+    """A :data:`fl.he.EncryptDriver`: the clients' CKKS encryption of a round on the pool's actors.
+
+    The public context (no secret key) goes to the object store once per training; the jobs are split
+    evenly over the actors and the encrypted updates come back in job order. ``with
+    fl.he.use_encrypt_driver(RayCKKSEncryptor(pool)):`` makes every :class:`fl.he.CKKSAggregator` use it;
+    the ciphertext sum and the key holder's decryption stay in the driver process.
+    """
+
+    def __init__(self, pool: ClientWorkerPool) -> None:
+        self.pool = pool
+        self._context: bytes = b""
+        self._context_ref: Any = None
+
+    def __call__(self, public_context: bytes, jobs: Sequence[EncryptJob]) -> list[tuple[Any, float]]:
+        if not jobs:
+            return []
+        if public_context != self._context:
+            self._context, self._context_ref = public_context, ray.put(public_context)
+        chunks = split_evenly(list(jobs), self.pool.size)
+        results = self.pool.map_ordered("encrypt", [(self._context_ref, chunk) for chunk in chunks])
+        return [item for chunk in results for item in chunk]
+
+
 # -- the simulation ---------------------------------------------------------------------------------------
 class RaySimulation(Simulation):
     """:class:`~fl.simulation.Simulation` with client work on Ray actors; same results, same API.
 
     ``pool``: an existing :class:`ClientWorkerPool` to share (left open by :meth:`close`); otherwise one of
     ``num_workers`` actors is started (``address`` / ``ray_init`` as for the pool) and closed by
-    :meth:`close`. ``secagg_on_workers``: run secure aggregation's client sessions in the actors too
-    (else in the driver, as in-process). ``chunks_per_worker``: training chunks per actor and round
+    :meth:`close`. ``secagg_on_workers``: run secure aggregation's client work in the actors too -- the
+    SecAgg/SecAgg+ client sessions and the clients' CKKS encryption (else in the driver, as in-process). ``chunks_per_worker``: training chunks per actor and round
     (more balance the load of unequal clients, fewer save scheduling overhead).
     """
 
@@ -465,6 +516,7 @@ class RaySimulation(Simulation):
         )
         self.chunks_per_worker = chunks_per_worker
         self.secagg_driver = RaySecAggDriver(self.pool) if secagg_on_workers else None
+        self.ckks_driver = RayCKKSEncryptor(self.pool) if secagg_on_workers else None
         # This experiment's name in the workers (a shared pool may hold several).
         self._key = f"{config_hash(config)}-{secrets.token_hex(8)}"
         self._loaded = False
@@ -488,9 +540,9 @@ class RaySimulation(Simulation):
     def run_round(
         self, round_index: int, weights: np.ndarray, optimizer: ServerOptimizer
     ) -> tuple[np.ndarray, RoundResult]:
-        if self.secagg_driver is None:
+        if self.secagg_driver is None or self.ckks_driver is None:
             return super().run_round(round_index, weights, optimizer)
-        with use_round_driver(self.secagg_driver):
+        with use_round_driver(self.secagg_driver), use_encrypt_driver(self.ckks_driver):
             return super().run_round(round_index, weights, optimizer)
 
     def close(self) -> None:

@@ -128,6 +128,29 @@ def test_weighted_mean_within_documented_bound(parties: dict[str, tuple[KeyHolde
     )
 
 
+def test_for_client_shares_the_loaded_context_and_sums_within_bound(holder: KeyHolder) -> None:
+    """Encryptors made with for_client (one context load for many simulated clients) are interchangeable with
+    freshly loaded ones: the server accepts them as distinct clients and the sum is within the bound."""
+    public = holder.public_context_bytes()
+    first = ClientEncryptor(public, client_id=0)
+    shared = [first, *(first.for_client(c) for c in range(1, 4))]
+    assert [e.context_id for e in shared] == [first.context_id] * 4 and not shared[3].holds_secret_key
+    assert repr(shared[2]) == f"ClientEncryptor(client_id=2, params={holder.config.params})"
+    vectors, weights = inputs(7, 4, 300)
+    total = aggregate(public, shared, vectors, weights)
+    assert total.count == 4
+    ref_sum, ref_weight = exact(vectors, weights)
+    raw_sum, raw_weight = holder.decrypt_sum(total, flood=False)
+    bound = sum_error_bound(holder.config, 4, 300, total_weight=ref_weight)
+    assert np.max(np.abs(raw_sum - ref_sum)) <= bound and abs(raw_weight - ref_weight) <= bound
+    server = CiphertextAggregator(public)
+    server.add(shared[1].encrypt_update(vectors[0], 1.0))
+    with pytest.raises(RemoteProtocolError, match="duplicate"):  # the id is really the new client's: a second update from it is refused
+        server.add(first.for_client(1).encrypt_update(vectors[1], 1.0))
+    with pytest.raises(ParameterError, match="client_id"):
+        first.for_client(-1)
+
+
 @pytest.mark.parametrize(("preset", "fresh_std", "max_bound"),
                          [("ADD_ONLY", 6.07e-13, 1e-9), ("COMPACT", 3.88e-11, 1e-8)])
 def test_error_bound_has_margin_and_noise_model_matches(
