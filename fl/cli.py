@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from fl.backends import BackendParameterError
 from fl.config import ExperimentConfig
 from fl.errors import ConfigError, FLError
 
@@ -27,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--backend", choices=("inprocess", "ray"), default="inprocess",
                      help="where client work runs: this process, or Ray actors on this machine's cores (same results)")
     run.add_argument("--workers", type=int, help="Ray actors (default: one per CPU)")
+    run.add_argument("--ray-address", help="join this running Ray cluster (e.g. HEAD_IP:6379 or 'auto') "
+                     "instead of starting a local instance; fedshield must be importable on every node")
     budget = sub.add_parser("budget", help="plan the privacy budget of a config before running it")
     budget.add_argument("config", nargs="?")
     budget.add_argument("--points", type=int, default=10, help="rounds at which to print epsilon")
@@ -67,13 +70,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         # simulated clients train small models one after another: extra intra-op threads only add overhead
         torch.set_num_threads(config.run.torch_threads)
+    if args.backend != "ray" and (args.ray_address is not None or args.workers is not None):
+        raise BackendParameterError("--ray-address/--workers", "only with --backend ray")
     out_dir = Path(args.out)
     if args.fresh and (out_dir / CHECKPOINT).exists():
         (out_dir / CHECKPOINT).unlink()
     if args.backend == "ray":
         from fl.backends.ray import RaySimulation
 
-        with RaySimulation(config, out_dir=out_dir, progress=not args.no_progress, num_workers=args.workers) as ray_sim:
+        with RaySimulation(config, out_dir=out_dir, progress=not args.no_progress, num_workers=args.workers,
+                           address=args.ray_address) as ray_sim:
             out = ray_sim.run()
     else:
         out = Simulation(config, out_dir=out_dir, progress=not args.no_progress).run()

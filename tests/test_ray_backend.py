@@ -307,3 +307,70 @@ def test_cli_run_with_the_ray_backend_writes_the_same_results(pool: Any, tmp_pat
     ray_out, local_out = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("ray", "local"))
     assert ray_out["final"] == local_out["final"] and ray_out["centralized"] == local_out["centralized"]
     assert main(["run", str(cfg), "--out", str(tmp_path / "bad"), "--backend", "ray", "--workers", "0"]) == 2
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_cli_joins_a_separately_started_ray_cluster(tmp_path: Path) -> None:
+    """`fedshield run --backend ray --ray-address` in a fresh driver process joins a Ray cluster started
+    beforehand by `ray start --head` (its own GCS, raylet and worker processes; one node here) and writes
+    the results the in-process runner writes."""
+    pytest.importorskip("ray")
+    import json
+    import shutil
+    import signal
+    import tempfile
+    import time
+
+    from fl.cli import main
+
+    ray_cli = Path(sys.executable).with_name("ray")
+    if not ray_cli.exists():
+        pytest.skip("the ray command-line tool is not next to this interpreter")
+    port = _free_port()
+    env = dict(os.environ, RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="0", RAY_USAGE_STATS_ENABLED="0")
+    # Its own temp dir (short: Ray puts unix sockets in it): `ray start` records "the latest cluster" in its
+    # temp dir, and every later ray.init() without an address on this machine would join (or, once the head
+    # is gone, fail to reach) a cluster recorded in the default /tmp/ray.
+    temp_dir = Path(tempfile.mkdtemp(prefix="fsray", dir="/tmp"))
+    log = (tmp_path / "head.log").open("w")
+    head = subprocess.Popen(
+        [str(ray_cli), "start", "--head", "--block", "--port", str(port), "--num-cpus", "2",
+         "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", str(temp_dir)],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while "block forever" not in (tmp_path / "head.log").read_text():
+            assert head.poll() is None, (tmp_path / "head.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "the Ray head did not start within 90 s"
+            time.sleep(0.5)
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(default_config().replace(run={"rounds": 2, "aggregation": "secagg+"}).to_toml())
+        driver = subprocess.run(
+            [sys.executable, "-c", "import sys; from fl.cli import main; sys.exit(main(sys.argv[1:]))",
+             "run", str(cfg), "--out", str(tmp_path / "cluster"), "--backend", "ray",
+             "--ray-address", f"127.0.0.1:{port}", "--no-progress"],
+            capture_output=True, text=True, env=env, timeout=300, check=False,
+        )
+        assert driver.returncode == 0, driver.stderr[-3000:]
+        assert "Connecting to existing Ray cluster" in driver.stderr  # joined, did not start its own
+    finally:
+        head.send_signal(signal.SIGTERM)  # `ray start --block` stops the cluster's processes on SIGTERM
+        try:
+            head.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    assert main(["run", str(cfg), "--out", str(tmp_path / "local"), "--no-progress"]) == 0
+    cluster_out, local_out = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("cluster", "local"))
+    assert cluster_out["final"] == local_out["final"] and cluster_out["centralized"] == local_out["centralized"]
+    assert main(["run", str(cfg), "--out", str(tmp_path / "bad"), "--ray-address", "auto"]) == 2  # needs --backend ray
