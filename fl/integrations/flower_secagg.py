@@ -397,6 +397,9 @@ class SecAggClientMod:
     * ``weight_key`` -- Message API rounds (:class:`~fl.integrations.flower_message.SecureGrid`): the key of
       the reply's MetricRecord holding the FedAvg weight (the strategy's ``weighted_by_key``, Flower's
       default ``"num-examples"``). It goes into the masked vector; the reply says 1.
+    * ``min_noise_multiplier`` -- distributed DP without trusting the server's noise choice: refuse a round
+      unless it is distributed DP whose noise, summed over the fewest survivors the protocol accepts
+      (the threshold t), is at least this multiple of the rounded L2 sensitivity (0: no floor).
 
     Both Flower server APIs are served: a Strategy/LegacyContext round (FitIns in, FitRes out) and a Message
     API round (``flwr.serverapp.strategy``: the train message's one ArrayRecord in, the ClientApp's reply with
@@ -409,18 +412,43 @@ class SecAggClientMod:
         LocalProtocolError: the ClientApp's fit failed.
     """
 
-    def __init__(self, *, min_clients: int = 3, allow_plain_fit: bool = False, weight_key: str = "num-examples") -> None:
+    def __init__(
+        self, *, min_clients: int = 3, allow_plain_fit: bool = False, weight_key: str = "num-examples",
+        min_noise_multiplier: float = 0.0,
+    ) -> None:
         if isinstance(min_clients, bool) or not isinstance(min_clients, int) or min_clients < 2:
             raise ValueError(f"min_clients must be an int >= 2, got {min_clients!r}")
         if not isinstance(weight_key, str) or not weight_key:
             raise ValueError(f"weight_key must be a non-empty str, got {weight_key!r}")
+        if (isinstance(min_noise_multiplier, bool) or not isinstance(min_noise_multiplier, (int, float))
+                or not math.isfinite(min_noise_multiplier) or min_noise_multiplier < 0):
+            raise ValueError(f"min_noise_multiplier must be a finite number >= 0, got {min_noise_multiplier!r}")
         self.min_clients = min_clients
         self.allow_plain_fit = allow_plain_fit
         self.weight_key = weight_key
+        self.min_noise_multiplier = float(min_noise_multiplier)
 
     def __repr__(self) -> str:
         return (f"SecAggClientMod(min_clients={self.min_clients}, allow_plain_fit={self.allow_plain_fit}, "
-                f"weight_key={self.weight_key!r})")
+                f"weight_key={self.weight_key!r}, min_noise_multiplier={self.min_noise_multiplier:g})")
+
+    def _check_noise_floor(self, setup: RoundSetup) -> None:
+        """Refuse a round whose distributed noise, summed over the fewest survivors the protocol accepts
+        (t), is below ``min_noise_multiplier`` times the rounded sensitivity -- or that has no client noise."""
+        if self.min_noise_multiplier <= 0:
+            return
+        if setup.weighting != "distributed":
+            raise RemoteProtocolError(
+                f"this client requires distributed DP with noise multiplier >= {self.min_noise_multiplier:g}; "
+                "the round adds no client noise"
+            )
+        params = setup.distributed_params()
+        z = math.sqrt(setup.threshold) * params.noise_std / params.l2_sensitivity
+        if z < self.min_noise_multiplier:
+            raise RemoteProtocolError(
+                f"the round's noise multiplier over its t={setup.threshold} minimum survivors is {z:.4g}, "
+                f"below this client's floor {self.min_noise_multiplier:g}"
+            )
 
     def __call__(self, msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
         if msg.metadata.message_type != MessageType.TRAIN:
@@ -454,7 +482,9 @@ class SecAggClientMod:
             raise RemoteProtocolError(
                 f"round has {setup.num_clients} participants, this client requires at least {self.min_clients}"
             )
-        session = ClientSession(setup.protocol(), setup.client_id)
+        protocol = setup.protocol()  # re-derives and checks the stated threshold and modulus
+        self._check_noise_floor(setup)
+        session = ClientSession(protocol, setup.client_id)
         advert = session.start()
         self._save(ctxt, setup, session)
         return RecordDict({RECORD_KEY: _reply_record("advertise", advert)})

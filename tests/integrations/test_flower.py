@@ -709,6 +709,43 @@ def test_message_api_secure_grid_distributed_dp_and_budget_stop(tmp_path: Path) 
     assert 0.3 * noise_std < np.std(residual) and np.max(np.abs(residual)) <= 6 * noise_std + 0.01
 
 
+def test_clients_enforce_their_own_distributed_noise_floor(tmp_path: Path) -> None:
+    """SecAggClientMod(min_noise_multiplier=z): a client does not take the server's word for the noise. It
+    joins a distributed-DP round whose noise over the t minimum survivors is >= z, refuses a lower one and
+    refuses rounds without client noise (central DP, plain SecAgg)."""
+    settings = DPSettings(mode="distributed", accountant="rdp", clip=0.8, noise_multiplier=1.0, delta=1e-5,
+                          bits=20, epsilon_budget=100.0)
+    sampling = SamplingInfo("fixed", len(MORE_NODES), per_round=len(MORE_NODES))
+
+    def one_round(floor: float, dp: DPSettings | None, name: str) -> tuple[MemoryGrid, SecureGrid, list[np.ndarray]]:
+        grid = MemoryGrid(make_message_app([SecAggClientMod(min_noise_multiplier=floor)]), MORE_NODES)
+        secure = SecureGrid(grid, dp=dp, sampling=sampling if dp else None, rounds=1 if dp else None,
+                            ledger_path=tmp_path / f"{name}.jsonl")
+        _, history = start_message_fedavg(secure, rounds=1, clients=len(MORE_NODES))
+        secure.close()
+        return grid, secure, history
+
+    grid, secure, history = one_round(0.5, settings, "ok")
+    assert not grid.client_errors and secure.epsilon_history and not np.array_equal(history[0], history[1])
+    outcome = secure.last_outcome
+    assert outcome is not None and outcome.aggregate is not None
+    threshold = int(outcome.metrics["secagg_threshold"])
+    assert secure.privacy is not None and secure.privacy.distributed is not None
+    params = secure.privacy.distributed
+    z = np.sqrt(threshold) * params.noise_std / params.l2_sensitivity
+    assert 0.5 < z < 1.0  # ~ z_target * sqrt(t / n): fewer survivors, less noise
+    central = DPSettings(mode="central", noise_multiplier=1.0, clip=0.8, epsilon_budget=100.0)
+    cases = [(1.0, settings, "below this client's floor"), (0.5, None, "adds no client noise"),
+             (0.5, central, "adds no client noise")]
+    for i, (floor, dp, why) in enumerate(cases):
+        grid, secure, history = one_round(floor, dp, f"refused-{i}")
+        assert len(grid.client_errors) == len(MORE_NODES) and np.array_equal(history[0], history[1])
+        assert all(why in str(e) for e in grid.client_errors.values())
+        assert secure.epsilon_history == []  # the round aborted before anything was released or priced
+    with pytest.raises(ValueError, match="min_noise_multiplier"):
+        SecAggClientMod(min_noise_multiplier=-1.0)
+
+
 def test_secure_grid_refuses_what_it_cannot_secure() -> None:
     grid = MemoryGrid(make_message_app([secagg_mod]), NODES)
     secure = SecureGrid(grid)
