@@ -21,6 +21,7 @@ Importing this module imports ``flwr``; ``import fl`` never does. Three pieces, 
   ``FedAvg`` & co., which own the round loop (``strategy.start(grid=...)``), :class:`SecureGrid` wraps the
   grid and runs every train round through the same SecAgg/SecAgg+ exchanges (optionally with central or
   distributed DP and ε per round in ``Result.train_metrics_clientapp``); :data:`secagg_mod` serves both APIs.
+  :class:`CKKSGrid` does the same with CKKS encryption (:class:`CKKSClientMod` serves both APIs too).
 * **CKKS** (:mod:`fl.integrations.flower_ckks`): :class:`CKKSClientMod` encrypts each FitRes update under
   the key holder's public context, :class:`CKKSFedAvg` adds ciphertexts without any secret key, and
   :class:`KeyHolderService` (a separate party) decrypts only flooded sums.
@@ -39,6 +40,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("fl.integrations.flower needs Flower: pip install 'fedshield[flower]'") from exc
 
 from fl.integrations.flower_ckks import (
+    CKKS_RECORD_KEY,
     CONTEXT_ID_KEY,
     TENSOR_TYPE,
     CKKSClientMod,
@@ -46,7 +48,7 @@ from fl.integrations.flower_ckks import (
     KeyHolderService,
 )
 from fl.integrations.flower_dp import DPStrategy
-from fl.integrations.flower_message import SecureGrid
+from fl.integrations.flower_message import CKKSGrid, SecureGrid
 from fl.integrations.flower_secagg import (
     RECORD_KEY,
     STATE_KEY,
@@ -64,12 +66,14 @@ from fl.integrations.flower_secagg import (
 )
 
 __all__ = [
+    "CKKS_RECORD_KEY",
     "CONTEXT_ID_KEY",
     "RECORD_KEY",
     "STATE_KEY",
     "TENSOR_TYPE",
     "CKKSClientMod",
     "CKKSFedAvg",
+    "CKKSGrid",
     "DPStrategy",
     "KeyHolderService",
     "RoundSetup",

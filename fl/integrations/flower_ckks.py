@@ -34,7 +34,7 @@ from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
-from flwr.app import Context, Message, MessageType
+from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import Code as FlowerCode
 from flwr.common import (
@@ -53,16 +53,19 @@ from flwr.server.strategy import FedAvg
 
 from fl.errors import ConfigError, UpdateError
 from fl.he import CKKSSettings
-from fl.integrations.flower_secagg import add_delta, delta_vector
+from fl.integrations.flower_secagg import _LEGACY_FITINS, _read_train_reply, _single, add_delta, delta_vector
 from secagg import ckks
 from secagg.errors import EncodingError, LocalProtocolError, RemoteProtocolError, SecAggError
 
-__all__ = ["CONTEXT_ID_KEY", "TENSOR_TYPE", "CKKSClientMod", "CKKSFedAvg", "KeyHolderService"]
+__all__ = ["CKKS_RECORD_KEY", "CONTEXT_ID_KEY", "TENSOR_TYPE", "CKKSClientMod", "CKKSFedAvg", "KeyHolderService"]
 
 log = logging.getLogger(__name__)
 
 #: FitIns config key naming the CKKS context (16-byte id) the server aggregates under.
 CONTEXT_ID_KEY: Final = "fedshield.ckks.context_id"
+#: Message API rounds (:class:`~fl.integrations.flower_message.CKKSGrid`): the ConfigRecord that carries the
+#: context id to the client (``context_id``) and the client's ciphertext back (``update``).
+CKKS_RECORD_KEY: Final = "fedshield.ckks"
 #: ``Parameters.tensor_type`` of a FitRes whose single tensor is an :class:`~secagg.ckks.EncryptedUpdate`.
 TENSOR_TYPE: Final = "fedshield.ckks.v1"
 
@@ -150,7 +153,9 @@ class CKKSClientMod:
 
     ``ClientApp(client_fn=..., mods=[CKKSClientMod(public_context)])`` with the key holder's public context.
     ``max_examples`` is the public bound on ``num_examples`` (fl's ``ckks.max_weight``); ``weighting`` is
-    ``"examples"`` (FedAvg) or ``"uniform"``. Only ``TRAIN`` messages are touched.
+    ``"examples"`` (FedAvg) or ``"uniform"``; ``weight_key``: in Message API rounds, the reply MetricRecord's
+    FedAvg weight (Flower's ``weighted_by_key``). Only ``TRAIN`` messages are touched; both Flower server
+    APIs are served (:class:`CKKSFedAvg`, or :class:`~fl.integrations.flower_message.CKKSGrid`).
 
     Raises (inside Flower: the error reply):
         RemoteProtocolError: the fit request does not name this context (the server aggregates under
@@ -159,16 +164,22 @@ class CKKSClientMod:
             ``max_examples``.
     """
 
-    def __init__(self, public_context: bytes, *, max_examples: float = 1000.0, weighting: str = "examples") -> None:
+    def __init__(
+        self, public_context: bytes, *, max_examples: float = 1000.0, weighting: str = "examples",
+        weight_key: str = "num-examples",
+    ) -> None:
         if not isinstance(public_context, bytes):
             raise TypeError(f"public_context must be bytes, got {type(public_context).__name__}")
         if not (math.isfinite(max_examples) and max_examples > 0):
             raise ConfigError("ckks.max_weight", f"must be finite and > 0, got {max_examples!r}")
         if weighting not in ("examples", "uniform"):
             raise ConfigError("server.weighting", f"must be 'examples' or 'uniform', got {weighting!r}")
+        if not isinstance(weight_key, str) or not weight_key:
+            raise ConfigError("weight_key", f"must be a non-empty str, got {weight_key!r}")
         self.public_context = public_context
         self.max_examples = float(max_examples)
         self.weighting = weighting
+        self.weight_key = weight_key
         self._encryptors: dict[int, ckks.ClientEncryptor] = {}
 
     def __repr__(self) -> str:
@@ -176,7 +187,8 @@ class CKKSClientMod:
 
     def __getstate__(self) -> dict[str, Any]:
         # TenSEAL contexts do not pickle; a Flower simulation ships the mod to its workers, which rebuild them.
-        return {"public_context": self.public_context, "max_examples": self.max_examples, "weighting": self.weighting}
+        return {"public_context": self.public_context, "max_examples": self.max_examples, "weighting": self.weighting,
+                "weight_key": self.weight_key}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -187,16 +199,25 @@ class CKKSClientMod:
             self._encryptors[node_id] = ckks.ClientEncryptor(self.public_context, client_id=node_id)
         return self._encryptors[node_id]
 
+    def _encrypt(self, encryptor: ckks.ClientEncryptor, delta: npt.NDArray[np.float32], num_examples: float) -> bytes:
+        config = encryptor.config
+        clipped = np.clip(delta.astype(np.float64), -config.max_abs, config.max_abs)
+        share = 1.0 if self.weighting == "uniform" else num_examples / self.max_examples
+        if not 0 <= share <= 1:
+            raise UpdateError(f"num_examples={num_examples:g} exceeds the public max_examples={self.max_examples:g}")
+        return encryptor.encrypt_update(clipped, min(share * config.max_weight, config.max_weight)).to_bytes()
+
     def __call__(self, msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
         if msg.metadata.message_type != MessageType.TRAIN:
             return call_next(msg, ctxt)
         encryptor = self._encryptor(msg.metadata.dst_node_id)
+        refusal = ("fit request does not name this client's CKKS context; refusing to send an update "
+                   "(the server must run CKKSFedAvg or CKKSGrid with the key holder's public context)")
+        if _LEGACY_FITINS not in msg.content.array_records:
+            return self._message_api(msg, ctxt, call_next, encryptor, refusal)
         fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
         if fitins.config.get(CONTEXT_ID_KEY) != encryptor.context_id:
-            raise RemoteProtocolError(
-                "fit request does not name this client's CKKS context; refusing to send an update "
-                "(the server must run CKKSFedAvg with the key holder's public context)"
-            )
+            raise RemoteProtocolError(refusal)
         global_arrays = list(parameters_to_ndarrays(fitins.parameters))
         out = call_next(msg, ctxt)
         if out.has_error():
@@ -205,14 +226,29 @@ class CKKSClientMod:
         if fitres.status.code != FlowerCode.OK:
             raise LocalProtocolError("the ClientApp's fit returned a failure status; no update is sent")
         delta = delta_vector(list(parameters_to_ndarrays(fitres.parameters)), global_arrays)
-        config = encryptor.config
-        clipped = np.clip(delta.astype(np.float64), -config.max_abs, config.max_abs)
-        share = 1.0 if self.weighting == "uniform" else fitres.num_examples / self.max_examples
-        if not 0 <= share <= 1:
-            raise UpdateError(f"num_examples={fitres.num_examples} exceeds the public max_examples={self.max_examples:g}")
-        update = encryptor.encrypt_update(clipped, min(share * config.max_weight, config.max_weight))
-        hidden = FitRes(fitres.status, Parameters([update.to_bytes()], TENSOR_TYPE), 0, fitres.metrics)
+        blob = self._encrypt(encryptor, delta, float(fitres.num_examples))
+        hidden = FitRes(fitres.status, Parameters([blob], TENSOR_TYPE), 0, fitres.metrics)
         return Message(compat.fitres_to_recorddict(hidden, keep_input=False), reply_to=msg)
+
+    def _message_api(
+        self, msg: Message, ctxt: Context, call_next: ClientAppCallable, encryptor: ckks.ClientEncryptor, refusal: str
+    ) -> Message:
+        """A Message API round: the ArrayRecord reply becomes one ciphertext; the weight goes inside it."""
+        record = msg.content.config_records.get(CKKS_RECORD_KEY)
+        if record is None or record.get("context_id") != encryptor.context_id:
+            raise RemoteProtocolError(refusal)
+        global_arrays = _single(msg.content.array_records, "the server's train message", "ArrayRecord").to_numpy_ndarrays()
+        del msg.content.config_records[CKKS_RECORD_KEY]  # the ClientApp sees the strategy's message
+        out = call_next(msg, ctxt)
+        if out.has_error():
+            return out
+        local, metric_key, metrics, num_examples = _read_train_reply(
+            out, self.weight_key, need_weight=self.weighting == "examples"
+        )
+        blob = self._encrypt(encryptor, delta_vector(local, global_arrays), num_examples)
+        metrics[self.weight_key] = 1  # the weight is encrypted with the update; the strategy sees 1
+        reply = RecordDict({CKKS_RECORD_KEY: ConfigRecord({"update": blob}), metric_key: MetricRecord(metrics)})
+        return Message(reply, reply_to=msg)
 
 
 class CKKSFedAvg(FedAvg):

@@ -46,10 +46,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.grid import Grid
 
 from fl.errors import ConfigError, UpdateError
+from fl.integrations.flower_ckks import CKKS_RECORD_KEY, Decryptor
 from fl.integrations.flower_dp import ClientLevelDP
 from fl.integrations.flower_secagg import (
     SecAggEncoding,
@@ -59,14 +60,84 @@ from fl.integrations.flower_secagg import (
 )
 from fl.privacy import DPSettings, SamplingInfo
 from fl.secure import SecAggSettings
+from secagg import ckks
 from secagg.api import Mode
+from secagg.errors import EncodingError, RemoteProtocolError, SecAggError
 
-__all__ = ["SecureGrid"]
+__all__ = ["CKKSGrid", "SecureGrid"]
 
 log = logging.getLogger(__name__)
 
 
-class SecureGrid(Grid):
+class _TrainRoundGrid(Grid):
+    """A Grid that passes everything through except whole rounds of default-action TRAIN messages, which
+    :meth:`_train_round` handles (secure sum or CKKS) and answers with one reply per contributor."""
+
+    grid: Grid
+    timeout: float | None = None
+    _rounds_seen: int = 0
+
+    def set_run(self, run: Any) -> None:
+        self.grid.set_run(run)
+
+    @property
+    def run(self) -> Any:
+        return self.grid.run
+
+    def create_message(self, *args: Any, **kwargs: Any) -> Message:
+        return self.grid.create_message(*args, **kwargs)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self.grid.get_node_ids()
+
+    def get_nodes(self) -> Any:
+        return self.grid.get_nodes()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        msgs = list(messages)
+        if any(m.metadata.message_type.startswith(MessageType.TRAIN) for m in msgs):
+            raise ValueError(f"{type(self).__name__} protects TRAIN rounds in send_and_receive; pushing them would "
+                             "skip it")
+        return self.grid.push_messages(msgs)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self.grid.pull_messages(message_ids)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        msgs = list(messages)
+        custom = sorted({m.metadata.message_type for m in msgs if m.metadata.message_type.startswith("train.")})
+        if custom:
+            raise ValueError(f"{type(self).__name__} protects the default train action only, got {custom}: these "
+                             "would travel in plaintext")
+        train = [m.metadata.message_type == MessageType.TRAIN for m in msgs]
+        if not any(train):
+            return self.grid.send_and_receive(msgs, timeout=timeout)
+        if not all(train):
+            raise ValueError(f"a batch mixes TRAIN and other messages; {type(self).__name__} protects whole TRAIN "
+                             "rounds")
+        return self._train_round(msgs, timeout)
+
+    def _train_round(self, msgs: list[Message], timeout: float | None) -> list[Message]:
+        raise NotImplementedError
+
+    def _prepare(self, msgs: list[Message]) -> tuple[dict[int, Message], str, ArrayRecord, list[np.ndarray], int]:
+        """The round's messages by node, the model's record key and record, its arrays, the server round."""
+        by_node: dict[int, Message] = {}
+        for m in msgs:
+            nid = m.metadata.dst_node_id
+            if nid in by_node:
+                raise ValueError(f"two train messages for node {nid} in one round")
+            by_node[nid] = m
+        key, record = _the_model(msgs[0])
+        for m in msgs[1:]:
+            other_key, other = _the_model(m)
+            if other_key != key or not _same_arrays(other, record):
+                raise UpdateError("the train messages of one round must carry the same global model")
+        self._rounds_seen += 1
+        return by_node, key, record, record.to_numpy_ndarrays(), _server_round(msgs[0], self._rounds_seen)
+
+
+class SecureGrid(_TrainRoundGrid):
     """Wrap ``grid`` so that a Message API strategy's training rounds run through fedshield (module docstring).
 
     Args:
@@ -157,61 +228,11 @@ class SecureGrid(Grid):
         if self.privacy is not None:
             self.privacy.close()
 
-    # ---- Grid interface: everything but training passes through
-    def set_run(self, run: Any) -> None:
-        self.grid.set_run(run)
-
-    @property
-    def run(self) -> Any:
-        return self.grid.run
-
-    def create_message(self, *args: Any, **kwargs: Any) -> Message:
-        return self.grid.create_message(*args, **kwargs)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self.grid.get_node_ids()
-
-    def get_nodes(self) -> Any:
-        return self.grid.get_nodes()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        msgs = list(messages)
-        if any(m.metadata.message_type.startswith(MessageType.TRAIN) for m in msgs):
-            raise ValueError("SecureGrid secures TRAIN rounds in send_and_receive; pushing them would skip it")
-        return self.grid.push_messages(msgs)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self.grid.pull_messages(message_ids)
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        msgs = list(messages)
-        custom = sorted({m.metadata.message_type for m in msgs if m.metadata.message_type.startswith("train.")})
-        if custom:
-            raise ValueError(f"SecureGrid secures the default train action only, got {custom}: these would travel "
-                             "in plaintext")
-        train = [m.metadata.message_type == MessageType.TRAIN for m in msgs]
-        if not any(train):
-            return self.grid.send_and_receive(msgs, timeout=timeout)
-        if not all(train):
-            raise ValueError("a batch mixes TRAIN and other messages; SecureGrid secures whole TRAIN rounds")
-        return self._secure_round(msgs, timeout if self.timeout is None else self.timeout)
-
     # ---- one secure round
-    def _secure_round(self, msgs: list[Message], timeout: float | None) -> list[Message]:
-        by_node: dict[int, Message] = {}
-        for m in msgs:
-            nid = m.metadata.dst_node_id
-            if nid in by_node:
-                raise ValueError(f"two train messages for node {nid} in one round")
-            by_node[nid] = m
-        key, record = _the_model(msgs[0])
-        global_arrays = record.to_numpy_ndarrays()
-        for m in msgs[1:]:
-            other_key, other = _the_model(m)
-            if other_key != key or not _same_arrays(other, record):
-                raise UpdateError("the train messages of one round must carry the same global model")
-        self._rounds_seen += 1
-        server_round = _server_round(msgs[0], self._rounds_seen)
+    def _train_round(self, msgs: list[Message], timeout: float | None) -> list[Message]:
+        if self.timeout is not None:
+            timeout = self.timeout
+        by_node, key, record, global_arrays, server_round = self._prepare(msgs)
         dim = sum(int(a.size) for a in global_arrays)
         privacy = self.privacy
         encoding: SecAggEncoding | None = None
@@ -239,19 +260,92 @@ class SecureGrid(Grid):
         if delta is None:
             return []
         new_model = _like(record, add_delta(global_arrays, delta))
-        replies = []
-        for nid in aggregate.survivors:
-            content = outcome.contents.get(nid)
-            if content is None:
+        contents = {nid: outcome.contents[nid] for nid in aggregate.survivors if nid in outcome.contents}
+        return _replies(server_round, by_node, key, new_model, contents, extra)
+
+
+class CKKSGrid(_TrainRoundGrid):
+    """Wrap ``grid`` so that a Message API strategy's training rounds are CKKS-encrypted end to end.
+
+    Each TRAIN message gets a ``fedshield.ckks`` ConfigRecord naming the key holder's context; the clients'
+    :class:`~fl.integrations.flower_ckks.CKKSClientMod` replies with one ciphertext of ``[w·clip(Δ), w]``
+    instead of arrays; this grid adds the ciphertexts with the public context only (it cannot decrypt), asks
+    the key holder for the flooded mean through ``decrypt`` (:meth:`KeyHolderService.decrypt_mean`, or an
+    RPC stub to it) and answers the strategy with one reply per contributor holding ``global + mean`` with
+    weight 1 -- as :class:`SecureGrid` does for masking. Round metrics: ``ckks_clients``, ``ckks_rejected``,
+    ``ckks_total_weight`` (examples), ``ckks_upload_bytes_per_client``. A reply whose ciphertext is malformed,
+    of another context or under another client's id is left out of the sum (logged, counted as rejected).
+    """
+
+    def __init__(self, grid: Grid, *, public_context: bytes, decrypt: Decryptor, timeout: float | None = None) -> None:
+        if not isinstance(grid, Grid):
+            raise TypeError(f"grid must be a flwr Grid, got {type(grid).__name__}")
+        if not callable(decrypt):
+            raise TypeError("decrypt must be callable: (server_round, EncryptedSum bytes) -> (mean, total weight)")
+        self.grid = grid
+        self.timeout = timeout
+        self._public_context = public_context
+        self._context_id = ckks.CiphertextAggregator(public_context).context_id
+        self._decrypt = decrypt
+        self._rounds_seen = 0
+
+    def __repr__(self) -> str:
+        return f"CKKSGrid(grid={type(self.grid).__name__})"
+
+    def _train_round(self, msgs: list[Message], timeout: float | None) -> list[Message]:
+        if self.timeout is not None:
+            timeout = self.timeout
+        by_node, key, record, global_arrays, server_round = self._prepare(msgs)
+        for m in msgs:
+            m.content.config_records[CKKS_RECORD_KEY] = ConfigRecord({"context_id": self._context_id})
+        dim = sum(int(a.size) for a in global_arrays)
+        aggregator = ckks.CiphertextAggregator(self._public_context, length=dim)
+        contents: dict[int, RecordDict] = {}
+        rejected, upload = 0, 0
+        for reply in self.grid.send_and_receive(msgs, timeout=timeout):
+            nid = reply.metadata.src_node_id
+            if reply.has_error() or nid not in by_node or nid in contents:
                 continue
-            metric_keys = list(content.metric_records)
-            if len(metric_keys) != 1:
-                log.warning("round %s: node %s sent %d MetricRecords; left out of the strategy's view",
-                            server_round, nid, len(metric_keys))
+            try:
+                blob = reply.content.config_records.get(CKKS_RECORD_KEY, ConfigRecord()).get("update")
+                if not isinstance(blob, bytes):
+                    raise EncodingError("the reply carries no CKKS update")
+                update = ckks.EncryptedUpdate.from_bytes(blob)
+                if update.client_id != nid:
+                    raise RemoteProtocolError(f"update names client {update.client_id}, the reply came from node {nid}")
+                aggregator.add(update)
+            except SecAggError as exc:
+                log.warning("round %s: rejected the update of node %s: %s", server_round, nid, exc)
+                rejected += 1
                 continue
-            metrics = MetricRecord({**dict(content.metric_records[metric_keys[0]]), **extra})
-            replies.append(Message(RecordDict({key: new_model, metric_keys[0]: metrics}), reply_to=by_node[nid]))
-        return replies
+            upload += len(blob)
+            contents[nid] = RecordDict({k: v for k, v in reply.content.metric_records.items()})
+        if aggregator.count == 0:
+            return []
+        mean, total_weight = self._decrypt(server_round, aggregator.result().to_bytes())
+        if mean.shape != (dim,):
+            raise EncodingError(f"the key holder returned a mean of shape {mean.shape}, expected ({dim},)")
+        extra: dict[str, Any] = {
+            "ckks_clients": float(aggregator.count), "ckks_rejected": float(rejected),
+            "ckks_total_weight": float(total_weight), "ckks_upload_bytes_per_client": upload / aggregator.count,
+        }
+        return _replies(server_round, by_node, key, _like(record, add_delta(global_arrays, mean)), contents, extra)
+
+
+def _replies(server_round: int, by_node: dict[int, Message], key: str, new_model: ArrayRecord,
+             contents: dict[int, RecordDict], extra: dict[str, Any]) -> list[Message]:
+    """One reply per contributor: the new global model under the strategy's key, the contributor's metrics
+    (its weight already set to 1 by the client mod) and the round's ``extra`` metrics."""
+    replies = []
+    for nid, content in contents.items():
+        metric_keys = list(content.metric_records)
+        if len(metric_keys) != 1:
+            log.warning("round %s: node %s sent %d MetricRecords; left out of the strategy's view",
+                        server_round, nid, len(metric_keys))
+            continue
+        metrics = MetricRecord({**dict(content.metric_records[metric_keys[0]]), **extra})
+        replies.append(Message(RecordDict({key: new_model, metric_keys[0]: metrics}), reply_to=by_node[nid]))
+    return replies
 
 
 def _the_model(msg: Message) -> tuple[str, ArrayRecord]:
@@ -259,7 +353,7 @@ def _the_model(msg: Message) -> tuple[str, ArrayRecord]:
     if len(records) != 1:
         raise UpdateError(
             f"a train message to node {msg.metadata.dst_node_id} holds {len(records)} ArrayRecords; "
-            "SecureGrid needs exactly one (the global model)"
+            "a protected train round needs exactly one (the global model)"
         )
     key = next(iter(records))
     return key, records[key]

@@ -547,13 +547,9 @@ class SecAggClientMod:
             global_arrays = _single(msg.content.array_records, "the server's train message", "ArrayRecord") \
                 .to_numpy_ndarrays()
             out = self._call_app(msg, ctxt, call_next)
-            local = _single(out.content.array_records, "the ClientApp's train reply", "ArrayRecord").to_numpy_ndarrays()
-            metric_key = _single_key(out.content.metric_records, "the ClientApp's train reply", "MetricRecord")
-            metrics = dict(out.content.metric_records[metric_key])
-            weight = metrics.get(self.weight_key)
-            if setup.weighting == "examples" and (isinstance(weight, bool) or not isinstance(weight, (int, float))):
-                raise UpdateError(f"the ClientApp's MetricRecord lacks a numeric {self.weight_key!r} (the FedAvg weight)")
-            num_examples = float(weight) if isinstance(weight, (int, float)) else 0.0
+            local, metric_key, metrics, num_examples = _read_train_reply(
+                out, self.weight_key, need_weight=setup.weighting == "examples"
+            )
             # the weight is inside the masked vector; the strategy sees 1 for every survivor
             metrics[self.weight_key] = 1
             hidden = RecordDict({metric_key: MetricRecord(metrics)})
@@ -592,6 +588,21 @@ class SecAggClientMod:
                 )
         encoded = setup.codec().encode_weighted(delta, weight, rng=KeystreamUniforms())
         session.set_input(encoded.astype(config.dtype, copy=False))
+
+
+def _read_train_reply(
+    out: Message, weight_key: str, *, need_weight: bool
+) -> tuple[NDArrays, str, dict[str, Any], float]:
+    """A Message API ClientApp's train reply: its arrays, its MetricRecord's key and metrics, and its FedAvg
+    weight (``weight_key``; required when ``need_weight``, else 0 when absent)."""
+    local = _single(out.content.array_records, "the ClientApp's train reply", "ArrayRecord").to_numpy_ndarrays()
+    metric_key = _single_key(out.content.metric_records, "the ClientApp's train reply", "MetricRecord")
+    metrics = dict(out.content.metric_records[metric_key])
+    weight = metrics.get(weight_key)
+    numeric = isinstance(weight, (int, float)) and not isinstance(weight, bool)
+    if need_weight and not numeric:
+        raise UpdateError(f"the ClientApp's MetricRecord lacks a numeric {weight_key!r} (the FedAvg weight)")
+    return local, metric_key, metrics, float(weight) if numeric else 0.0  # type: ignore[arg-type]
 
 
 def _single_key(records: Mapping[str, Any], where: str, kind: str) -> str:

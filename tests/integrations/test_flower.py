@@ -55,6 +55,7 @@ from fl.integrations.flower import (  # noqa: E402
     STATE_KEY,
     CKKSClientMod,
     CKKSFedAvg,
+    CKKSGrid,
     DPStrategy,
     KeyHolderService,
     RoundSetup,
@@ -833,6 +834,78 @@ def test_ckks_mod_refuses_a_server_without_the_context(key_holder: KeyHolderServ
     assert set(grid.client_errors) == set(NODES)
     assert all(isinstance(e, RemoteProtocolError) and "CKKS context" in str(e) for e in grid.client_errors.values())
     assert np.array_equal(history[0], history[1])  # nothing aggregated
+
+
+def test_ckks_under_message_api_fedavg_through_ckks_grid() -> None:
+    """Flower's Message API FedAvg with ``strategy.start(grid=CKKSGrid(...))``: clients send one ciphertext
+    each, the grid adds them without a secret key, the key holder decrypts only the flooded sum."""
+    from fl.he import CKKSSettings
+    from secagg import ckks
+
+    holder = KeyHolderService.generate(len(NODES), CKKSSettings(preset="compact", max_abs=1.0, max_weight=100.0))
+    public = holder.public_context
+    uplinks: list[Message] = []
+
+    def spy(nid: int, phase: str, reply: Message) -> None:
+        uplinks.append(reply)
+
+    grid = MemoryGrid(make_message_app([CKKSClientMod(public, max_examples=100.0)]), NODES, tamper_up=spy)
+    result, history = start_message_fedavg(CKKSGrid(grid, public_context=public, decrypt=holder.decrypt_mean), rounds=2)
+    assert not grid.client_errors and len(history) == 3
+    total = sum(EXAMPLES[n] for n in NODES)
+    for r in (1, 2):
+        expected = weighted_mean(NODES, r)
+        tol = 8 * holder.flooding_sigma(DIM) * (1 + float(np.abs(expected).max())) / (total / 100.0 * holder.weight_scale)
+        assert 0 < np.max(np.abs((history[r] - history[r - 1]) - expected)) <= tol + 1e-6
+        metrics = result.train_metrics_clientapp[r]
+        assert metrics["ckks_clients"] == pytest.approx(len(NODES))
+        assert metrics["ckks_total_weight"] == pytest.approx(total, rel=1e-3)
+        assert metrics["node"] == pytest.approx(np.mean(NODES))
+    # what travelled up: a ciphertext and metrics with weight 1 -- no arrays, no example counts
+    assert len(uplinks) == 2 * len(NODES)
+    assert all(not m.content.array_records and m.content.metric_records["metrics"]["num-examples"] == 1
+               for m in uplinks)
+    assert not ckks.CiphertextAggregator(public).holds_secret_key
+    # a grid without the key holder's context gets nothing from these clients; a plain FedAvg neither
+    other = KeyHolderService.generate(len(NODES), CKKSSettings(preset="compact", max_abs=1.0, max_weight=100.0))
+    bad = MemoryGrid(make_message_app([CKKSClientMod(public, max_examples=100.0)]), NODES)
+    _, history = start_message_fedavg(CKKSGrid(bad, public_context=other.public_context, decrypt=other.decrypt_mean),
+                                      rounds=1)
+    assert set(bad.client_errors) == set(NODES) and np.array_equal(history[0], history[1])
+    assert all("CKKS context" in str(e) for e in bad.client_errors.values())
+    plain = MemoryGrid(make_message_app([CKKSClientMod(public, max_examples=100.0)]), NODES)
+    _, history = start_message_fedavg(plain, rounds=1)
+    assert set(plain.client_errors) == set(NODES) and np.array_equal(history[0], history[1])
+
+
+def test_ckks_grid_leaves_out_spoofed_and_malformed_ciphertexts() -> None:
+    from fl.he import CKKSSettings
+
+    holder = KeyHolderService.generate(len(NODES), CKKSSettings(preset="compact", max_abs=1.0, max_weight=100.0))
+    public = holder.public_context
+
+    from secagg import ckks
+
+    # node 1 sends a well-formed ciphertext made under node 2's id (a replay or a spoof)
+    spoof = ckks.ClientEncryptor(public, client_id=NODES[2]).encrypt_update(np.zeros(DIM), 1.0).to_bytes()
+
+    def tamper(nid: int, phase: str, reply: Message) -> None:
+        record = reply.content.config_records["fedshield.ckks"]
+        if nid == NODES[0]:
+            record["update"] = b"not a ciphertext"
+        elif nid == NODES[1]:
+            record["update"] = spoof
+
+    grid = MemoryGrid(make_message_app([CKKSClientMod(public, max_examples=100.0)]), NODES, tamper_up=tamper)
+    result, history = start_message_fedavg(CKKSGrid(grid, public_context=public, decrypt=holder.decrypt_mean),
+                                           rounds=1)
+    metrics = result.train_metrics_clientapp[1]
+    assert metrics["ckks_rejected"] == pytest.approx(2) and metrics["ckks_clients"] == pytest.approx(len(NODES) - 2)
+    survivors = NODES[2:]
+    expected = weighted_mean(survivors, 1)
+    total = sum(EXAMPLES[n] for n in survivors)
+    tol = 8 * holder.flooding_sigma(DIM) * (1 + float(np.abs(expected).max())) / (total / 100.0 * holder.weight_scale)
+    assert np.max(np.abs((history[1] - history[0]) - expected)) <= tol + 1e-6
 
 
 # -- packaging and the example ---------------------------------------------------------------------------------
