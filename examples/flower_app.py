@@ -22,7 +22,8 @@ Gaussian noise from its CSPRNG on the secure sum (``--dp central``, PLD accounta
 discrete Gaussian share under the masks (``--dp distributed``, RDP), ε(δ) per round, every release written
 to ``<out>/privacy_ledger.jsonl`` first, and training stops before the budget would be exceeded.
 
-Prints accuracy (pooled test set, evaluated on the server) and ε per round; ``main(argv)`` returns them.
+Prints accuracy (pooled test set, evaluated on the server) and ε per round, writes them to
+``<out>/summary.json`` and plots them in ``<out>/summary.png``; ``main(argv)`` returns them.
 """
 
 from __future__ import annotations
@@ -251,8 +252,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     stop = " (stopped by the privacy budget)" if privacy.stopped else ""
     print(f"final accuracy {result['accuracy']:.4f} after {rounds_run} rounds{stop} in {seconds:.1f} s; ledger {ledger}")
     (out_dir / "summary.json").write_text(json.dumps(result, indent=2))
+    _plot(result, out_dir / "summary.png")
     result["weights_per_round"] = [weights[r] for r in sorted(weights)]  # round 0 (initial) first
     return result
+
+
+def _plot(result: dict[str, Any], path: Path) -> None:
+    """Accuracy and ε spent per round (the same numbers as summary.json)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, left = plt.subplots(figsize=(6, 3.6))
+    rounds = list(range(len(result["accuracy_per_round"]) + 1))
+    left.plot(rounds, [result["initial_accuracy"], *result["accuracy_per_round"]], marker="o", color="C0")
+    left.set(xlabel="round", ylabel="test accuracy (pooled)", ylim=(0, 1))
+    right = left.twinx()
+    right.plot(range(1, len(result["epsilon_per_round"]) + 1), result["epsilon_per_round"], marker="s", color="C1")
+    right.axhline(result["epsilon_budget"], color="C1", linestyle=":", linewidth=1)
+    right.set(ylabel="ε spent (δ = 1e-5)")
+    left.set_title(f"{result['clients']} hospitals in Flower, {result['mode']} + {result['dp']} DP ({result['api']} API)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ same seed for DP (the Gaussian noise is the same CryptoRNG draw, so it matches t
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -926,6 +927,8 @@ def test_example_app_runs_in_flowers_simulation_engine(api: str, tmp_path: Path)
     spec.loader.exec_module(module)
     out = module.main(["--clients", "5", "--rounds", "3", "--epsilon", "8", "--api", api, "--out", str(tmp_path)])
     assert out["rounds_run"] == 3 and out["mode"] == "secagg+" and out["api"] == api
+    assert (tmp_path / "summary.png").stat().st_size > 0
+    assert json.loads((tmp_path / "summary.json").read_text())["epsilon_per_round"] == out["epsilon_per_round"]
     eps = out["epsilon_per_round"]
     assert len(eps) == 3 and 0 < eps[0] < eps[1] < eps[2] <= out["epsilon_budget"]
     assert out["accuracy"] > 0.8
