@@ -10,7 +10,7 @@ noise-flooded (IND-CPA^D protection, see ``secagg.ckks`` and SECURITY.md).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -37,6 +37,35 @@ class EncryptJob(NamedTuple):
 #: context and the jobs, returns each job's ``secagg.ckks.EncryptedUpdate`` and client seconds, in job order.
 EncryptDriver = Callable[[bytes, Sequence[EncryptJob]], list[tuple[Any, float]]]
 _ENCRYPT_DRIVER: ContextVar[EncryptDriver | None] = ContextVar("fedshield_ckks_encrypt_driver", default=None)
+
+
+class ClientEncryptors:
+    """The encryptors of the simulated clients in one process: the public context is loaded once and shared
+    (loading rebuilds SEAL's NTT tables, ~15 ms, which a real client does once per training), and each
+    client id gets its own :class:`secagg.ckks.ClientEncryptor` (its id goes into every update)."""
+
+    def __init__(self, public_context: bytes) -> None:
+        from secagg.ckks import ClientEncryptor
+
+        self.public_context = public_context
+        self._new = ClientEncryptor
+        self._by_client: dict[int, Any] = {}
+
+    def get(self, client_id: int) -> Any:
+        encryptor = self._by_client.get(client_id)
+        if encryptor is None:
+            first = next(iter(self._by_client.values()), None)
+            encryptor = (first.for_client(client_id) if first is not None
+                         else self._new(self.public_context, client_id=client_id))
+            self._by_client[client_id] = encryptor
+        return encryptor
+
+    def encrypt(self, jobs: Sequence[EncryptJob]) -> Iterator[tuple[Any, float]]:
+        """Each job's ``EncryptedUpdate`` and client seconds, lazily (one ciphertext at a time)."""
+        for job in jobs:
+            t0 = time.perf_counter()
+            encrypted = self.get(job.client_id).encrypt_update(job.vector, job.weight)
+            yield encrypted, time.perf_counter() - t0
 
 
 @contextmanager
@@ -95,19 +124,8 @@ class CKKSAggregator(Aggregator):
         self._key_holder = ckks.KeyHolder.generate(config, flood_security_bits=self.settings.flood_security_bits)
         self.public_context = self._key_holder.public_context_bytes()  # serialised once per training
         self.setup_seconds = time.perf_counter() - t0
-        self._encryptors: dict[int, ckks.ClientEncryptor] = {}
+        self._encryptors = ClientEncryptors(self.public_context)
         self._ckks = ckks
-
-    def _encryptor(self, client_id: int) -> Any:
-        # the public context is loaded once per training and shared by the simulated clients (a real client
-        # loads it once too); each client keeps its own encryptor (its id goes into every update)
-        if client_id not in self._encryptors:
-            if self._encryptors:
-                first = next(iter(self._encryptors.values()))
-                self._encryptors[client_id] = first.for_client(client_id)
-            else:
-                self._encryptors[client_id] = self._ckks.ClientEncryptor(self.public_context, client_id=client_id)
-        return self._encryptors[client_id]
 
     def aggregate(
         self, updates: Sequence[ClientUpdate], *, dim: int, round_index: int, late_dropouts: Sequence[int] = ()
@@ -130,24 +148,18 @@ class CKKSAggregator(Aggregator):
             jobs.append(EncryptJob(u.client_id, x, weight * self.weight_scale))
         driver = _ENCRYPT_DRIVER.get()
         if driver is not None:  # the clients encrypt elsewhere; the server adds what comes back, in order
-            encrypted_all = driver(self.public_context, jobs)
-            if len(encrypted_all) != len(jobs):
-                raise RuntimeError(f"the encryption driver returned {len(encrypted_all)} updates for {len(jobs)} jobs")
-            for encrypted, seconds in encrypted_all:
-                t1 = time.perf_counter()
-                server.add(encrypted)
-                t_server += time.perf_counter() - t1
-                t_client += seconds
-                upload += encrypted.nbytes
+            returned = driver(self.public_context, jobs)
+            if len(returned) != len(jobs):
+                raise RuntimeError(f"the encryption driver returned {len(returned)} updates for {len(jobs)} jobs")
+            encrypted_all: Iterable[tuple[Any, float]] = returned
         else:
-            for job in jobs:  # encrypt and add one at a time: one ciphertext in memory
-                t0 = time.perf_counter()
-                encrypted = self._encryptor(job.client_id).encrypt_update(job.vector, job.weight)
-                t1 = time.perf_counter()
-                server.add(encrypted)
-                t_server += time.perf_counter() - t1
-                t_client += t1 - t0
-                upload += encrypted.nbytes
+            encrypted_all = self._encryptors.encrypt(jobs)  # encrypt and add one at a time: one ciphertext in memory
+        for encrypted, seconds in encrypted_all:
+            t1 = time.perf_counter()
+            server.add(encrypted)
+            t_server += time.perf_counter() - t1
+            t_client += seconds
+            upload += encrypted.nbytes
         t0 = time.perf_counter()
         total = server.result()
         t_server += time.perf_counter() - t0

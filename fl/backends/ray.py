@@ -52,7 +52,7 @@ except ImportError as exc:  # the optional extra is missing
 from fl.aggregators import Aggregator, WeightedMean
 from fl.config import ExperimentConfig
 from fl.data import FederatedData
-from fl.he import EncryptJob, use_encrypt_driver
+from fl.he import ClientEncryptors, EncryptJob, use_encrypt_driver
 from fl.simulation import ClientWork, Simulation, config_hash
 from fl.strategies import ServerOptimizer
 from fl.types import ClientUpdate, RoundResult
@@ -136,8 +136,7 @@ class ClientWorker:
         self._experiments: dict[str, Simulation] = {}
         self._sessions: dict[int, ClientSession] = {}
         self._wire = True
-        self._ckks_context: bytes = b""  # the training's public CKKS context (no secret key)
-        self._encryptors: dict[int, Any] = {}
+        self._encryptors: ClientEncryptors | None = None  # under the training's public CKKS context
 
     # ---- local training
     def load_experiment(self, key: str, config: ExperimentConfig, data: FederatedData) -> None:
@@ -207,21 +206,9 @@ class ClientWorker:
     def encrypt(self, public_context: bytes, jobs: Sequence[EncryptJob]) -> list[tuple[Any, float]]:
         """Each job's :class:`secagg.ckks.EncryptedUpdate` and seconds (an encryptor per client sharing one
         loaded context per training, as in-process)."""
-        from secagg.ckks import ClientEncryptor
-
-        if public_context != self._ckks_context:
-            self._ckks_context, self._encryptors = public_context, {}
-        out: list[tuple[Any, float]] = []
-        for job in jobs:
-            t0 = time.perf_counter()
-            encryptor = self._encryptors.get(job.client_id)
-            if encryptor is None:  # the context is loaded once per actor and training, shared by its clients
-                first = next(iter(self._encryptors.values()), None)
-                encryptor = (first.for_client(job.client_id) if first is not None
-                             else ClientEncryptor(public_context, client_id=job.client_id))
-                self._encryptors[job.client_id] = encryptor
-            out.append((encryptor.encrypt_update(job.vector, job.weight), time.perf_counter() - t0))
-        return out
+        if self._encryptors is None or self._encryptors.public_context != public_context:
+            self._encryptors = ClientEncryptors(public_context)
+        return list(self._encryptors.encrypt(jobs))
 
     def peak_memory_kib(self) -> int:
         """This process's peak resident set size so far (``getrusage`` ``ru_maxrss``, KiB on Linux)."""

@@ -34,7 +34,7 @@ from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
-from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import Code as FlowerCode
 from flwr.common import (
@@ -52,7 +52,7 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
 
 from fl.errors import ConfigError, UpdateError
-from fl.he import CKKSSettings
+from fl.he import CKKSSettings, ClientEncryptors
 from fl.integrations.flower_secagg import _LEGACY_FITINS, _read_train_reply, _single, add_delta, delta_vector
 from secagg import ckks
 from secagg.errors import EncodingError, LocalProtocolError, RemoteProtocolError, SecAggError
@@ -180,7 +180,7 @@ class CKKSClientMod:
         self.max_examples = float(max_examples)
         self.weighting = weighting
         self.weight_key = weight_key
-        self._encryptors: dict[int, ckks.ClientEncryptor] = {}
+        self._encryptors = ClientEncryptors(public_context)
 
     def __repr__(self) -> str:
         return f"CKKSClientMod(max_examples={self.max_examples:g}, weighting={self.weighting!r})"
@@ -192,12 +192,7 @@ class CKKSClientMod:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._encryptors = {}
-
-    def _encryptor(self, node_id: int) -> ckks.ClientEncryptor:
-        if node_id not in self._encryptors:
-            self._encryptors[node_id] = ckks.ClientEncryptor(self.public_context, client_id=node_id)
-        return self._encryptors[node_id]
+        self._encryptors = ClientEncryptors(self.public_context)
 
     def _encrypt(self, encryptor: ckks.ClientEncryptor, delta: npt.NDArray[np.float32], num_examples: float) -> bytes:
         config = encryptor.config
@@ -210,7 +205,7 @@ class CKKSClientMod:
     def __call__(self, msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
         if msg.metadata.message_type != MessageType.TRAIN:
             return call_next(msg, ctxt)
-        encryptor = self._encryptor(msg.metadata.dst_node_id)
+        encryptor = self._encryptors.get(msg.metadata.dst_node_id)
         refusal = ("fit request does not name this client's CKKS context; refusing to send an update "
                    "(the server must run CKKSFedAvg or CKKSGrid with the key holder's public context)")
         if _LEGACY_FITINS not in msg.content.array_records:
@@ -242,12 +237,11 @@ class CKKSClientMod:
         out = call_next(msg, ctxt)
         if out.has_error():
             return out
-        local, metric_key, metrics, num_examples = _read_train_reply(
+        local, metric_key, hidden, num_examples = _read_train_reply(
             out, self.weight_key, need_weight=self.weighting == "examples"
         )
         blob = self._encrypt(encryptor, delta_vector(local, global_arrays), num_examples)
-        metrics[self.weight_key] = 1  # the weight is encrypted with the update; the strategy sees 1
-        reply = RecordDict({CKKS_RECORD_KEY: ConfigRecord({"update": blob}), metric_key: MetricRecord(metrics)})
+        reply = RecordDict({CKKS_RECORD_KEY: ConfigRecord({"update": blob}), metric_key: hidden})
         return Message(reply, reply_to=msg)
 
 

@@ -233,15 +233,24 @@ class DPStrategy(Strategy):
         self.strategy = strategy
         self.privacy = ClientLevelDP(settings, sampling, rounds=rounds, seed=seed, ledger_path=ledger_path,
                                      run_id=run_id)
-        self.settings = settings
-        self.sampling = sampling
-        self.rounds = rounds
         self._global: NDArrays = []
 
     def __repr__(self) -> str:
         s = self.settings
         return (f"DPStrategy({s.mode}, clip={s.clip}, delta={s.delta}, budget={s.budget}, "
                 f"strategy={self.strategy!r})")
+
+    @property
+    def settings(self) -> DPSettings:
+        return self.privacy.settings
+
+    @property
+    def sampling(self) -> SamplingInfo:
+        return self.privacy.sampling
+
+    @property
+    def rounds(self) -> int:
+        return self.privacy.rounds
 
     @property
     def stopped(self) -> bool:

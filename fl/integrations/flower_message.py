@@ -191,7 +191,6 @@ class SecureGrid(_TrainRoundGrid):
         self.grid = grid
         self.mode: Mode = mode
         self.settings = settings or SecAggSettings()
-        self.dp_settings = dp
         #: the run's DP state (None without ``dp``): ledger, ε history, budget stop
         self.privacy = privacy
         self.seed = seed
@@ -205,6 +204,10 @@ class SecureGrid(_TrainRoundGrid):
         return f"SecureGrid(mode={self.mode!r}, dp={dp}, settings={self.settings}, grid={type(self.grid).__name__})"
 
     # ---- DP
+    @property
+    def dp_settings(self) -> DPSettings | None:
+        return self.privacy.settings if self.privacy is not None else None
+
     @property
     def stopped(self) -> bool:
         """True once a round was refused because it would exceed the privacy budget."""

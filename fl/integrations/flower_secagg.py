@@ -550,9 +550,7 @@ class SecAggClientMod:
             local, metric_key, metrics, num_examples = _read_train_reply(
                 out, self.weight_key, need_weight=setup.weighting == "examples"
             )
-            # the weight is inside the masked vector; the strategy sees 1 for every survivor
-            metrics[self.weight_key] = 1
-            hidden = RecordDict({metric_key: MetricRecord(metrics)})
+            hidden = RecordDict({metric_key: metrics})
         self._encode(delta_vector(local, global_arrays), num_examples, setup, session)
         return hidden
 
@@ -592,9 +590,10 @@ class SecAggClientMod:
 
 def _read_train_reply(
     out: Message, weight_key: str, *, need_weight: bool
-) -> tuple[NDArrays, str, dict[str, Any], float]:
-    """A Message API ClientApp's train reply: its arrays, its MetricRecord's key and metrics, and its FedAvg
-    weight (``weight_key``; required when ``need_weight``, else 0 when absent)."""
+) -> tuple[NDArrays, str, MetricRecord, float]:
+    """A Message API ClientApp's train reply: its arrays, its MetricRecord's key, the metrics the server may
+    see (the FedAvg weight replaced by 1: the real one travels inside the masked or encrypted vector) and
+    that weight (``weight_key``; required when ``need_weight``, else 0 when absent)."""
     local = _single(out.content.array_records, "the ClientApp's train reply", "ArrayRecord").to_numpy_ndarrays()
     metric_key = _single_key(out.content.metric_records, "the ClientApp's train reply", "MetricRecord")
     metrics = dict(out.content.metric_records[metric_key])
@@ -602,7 +601,8 @@ def _read_train_reply(
     numeric = isinstance(weight, (int, float)) and not isinstance(weight, bool)
     if need_weight and not numeric:
         raise UpdateError(f"the ClientApp's MetricRecord lacks a numeric {weight_key!r} (the FedAvg weight)")
-    return local, metric_key, metrics, float(weight) if numeric else 0.0  # type: ignore[arg-type]
+    metrics[weight_key] = 1
+    return local, metric_key, MetricRecord(metrics), float(weight) if numeric else 0.0  # type: ignore[arg-type]
 
 
 def _single_key(records: Mapping[str, Any], where: str, kind: str) -> str:
